@@ -1,0 +1,98 @@
+"""The model's configuration, in Hugging Face `LlamaConfig` vocabulary so conversion is a copy."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from llmshearing.errors import ConfigError
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: Optional[int] = None
+    head_dim: Optional[int] = None
+    max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[dict] = None
+    tie_word_embeddings: bool = False
+    bos_token_id: Optional[int] = 1
+    eos_token_id: Optional[Any] = 2
+    pad_token_id: Optional[int] = None
+    initializer_range: float = 0.02
+    attn_impl: str = field(default="sdpa", metadata={"hf": False})
+
+    def __post_init__(self):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ConfigError(
+                    f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                    f"{self.num_attention_heads}; give head_dim explicitly"
+                )
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"num_attention_heads {self.num_attention_heads} is not divisible by "
+                f"num_key_value_heads {self.num_key_value_heads}"
+            )
+        if self.attn_impl not in ("sdpa", "flash_attn", "eager"):
+            raise ConfigError(f"attn_impl must be sdpa, flash_attn or eager, got {self.attn_impl!r}")
+
+    @property
+    def query_groups(self) -> int:
+        """Query heads per key/value head."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "LlamaConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config keys: {unknown}")
+        return cls(**values)
+
+    @classmethod
+    def from_hf(cls, hf_config) -> "LlamaConfig":
+        """Build from a `transformers` config (LLaMA-2/3, Mistral-style, SmolLM2)."""
+        hf = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
+        model_type = hf.get("model_type", "llama")
+        if model_type not in ("llama", "mistral"):
+            raise ConfigError(f"model_type {model_type!r} is not supported (llama or mistral)")
+        if hf.get("attention_bias") or hf.get("mlp_bias"):
+            raise ConfigError("models with attention/MLP biases are not supported")
+        if hf.get("hidden_act", "silu") != "silu":
+            raise ConfigError(f"hidden_act {hf.get('hidden_act')!r} is not supported (silu)")
+        if model_type == "mistral" and hf.get("sliding_window"):
+            max_pos = hf.get("max_position_embeddings", 4096)
+            if hf["sliding_window"] < max_pos:
+                raise ConfigError("Mistral sliding-window attention is not supported")
+        names = {f.name for f in dataclasses.fields(cls) if f.metadata.get("hf", True)}
+        values = {k: hf[k] for k in names if hf.get(k) is not None}
+        values["rope_scaling"] = hf.get("rope_scaling")
+        values["rope_theta"] = hf.get("rope_theta", 10000.0)
+        return cls(**values)
+
+    def to_hf(self):
+        """A `transformers.LlamaConfig` describing the same model."""
+        from transformers import LlamaConfig as HFLlamaConfig
+
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("hf", True)}
+        return HFLlamaConfig(
+            **values,
+            hidden_act="silu",
+            attention_bias=False,
+            mlp_bias=False,
+            architectures=["LlamaForCausalLM"],
+            torch_dtype="float32",
+        )

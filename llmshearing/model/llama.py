@@ -1,0 +1,185 @@
+"""The one LLaMA model: plain PyTorch, HF parameter names, optional pruning masks.
+
+Masks are multiplied in at fixed points; with no masks this is an ordinary LLaMA:
+- ``hidden_z`` [d_model]: embedding output, each residual branch output, lm_head input; RMSNorm
+  averages over the kept (non-zero) channels only.
+- ``layer_z`` [L]: both residual branches of a layer.
+- ``head_layer_z`` [L] / ``mlp_z`` [L]: the attention / MLP block of a layer.
+- ``head_z`` [L, n_heads]: each query head's output before ``o_proj``.
+- ``intermediate_z`` [L, d_ff]: the MLP activations before ``down_proj``.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmshearing.model.config import LlamaConfig
+from llmshearing.model.rope import apply_rope, rope_cos_sin, rope_inverse_frequencies
+
+MASK_NAMES = ("layer_z", "head_layer_z", "head_z", "mlp_z", "intermediate_z", "hidden_z")
+Masks = Dict[str, torch.Tensor]
+
+try:  # optional fast path on GPUs
+    from flash_attn import flash_attn_func  # type: ignore
+except Exception:  # noqa: BLE001 - any import failure just disables the option
+    flash_attn_func = None
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, hidden_z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        squares = x.pow(2)
+        if hidden_z is None:
+            variance = squares.mean(-1, keepdim=True)
+        else:
+            # pruned channels hold exact zeros; average over the kept ones as the sliced model does
+            kept = torch.count_nonzero(hidden_z).clamp(min=1)
+            variance = squares.sum(-1, keepdim=True) / kept
+        x = x * torch.rsqrt(variance + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.attn_impl = config.attn_impl
+        d = config.hidden_size
+        self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=False)
+
+    def forward(self, x, cos, sin, head_z: Optional[torch.Tensor] = None):
+        batch, seq, _ = x.shape
+        q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = self._attend(q, k, v)  # [batch, heads, seq, head_dim]
+        if head_z is not None:
+            out = out * head_z.view(1, -1, 1, 1).to(out.dtype)
+        out = out.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
+        return self.o_proj(out)
+
+    def _attend(self, q, k, v):
+        if self.attn_impl == "flash_attn" and flash_attn_func is not None and q.is_cuda:
+            out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+            return out.transpose(1, 2)
+        groups = self.num_heads // self.num_kv_heads
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        d, d_ff = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(d, d_ff, bias=False)
+        self.up_proj = nn.Linear(d, d_ff, bias=False)
+        self.down_proj = nn.Linear(d_ff, d, bias=False)
+
+    def forward(self, x, intermediate_z: Optional[torch.Tensor] = None):
+        h = F.silu(self.gate_proj(x)) * self.up_proj(x)
+        if intermediate_z is not None:
+            h = h * intermediate_z.to(h.dtype)
+        return self.down_proj(h)
+
+
+def _scale(x: torch.Tensor, *factors: Optional[torch.Tensor]) -> torch.Tensor:
+    for factor in factors:
+        if factor is not None:
+            x = x * factor.to(x.dtype)
+    return x
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, h, cos, sin, masks: Masks, index: int):
+        def pick(name):
+            mask = masks.get(name)
+            return None if mask is None else mask[index]
+
+        hidden_z = masks.get("hidden_z")
+        layer_z = pick("layer_z")
+        attn = self.self_attn(self.input_layernorm(h, hidden_z), cos, sin, head_z=pick("head_z"))
+        h = h + _scale(attn, pick("head_layer_z"), layer_z, hidden_z)
+        mlp = self.mlp(self.post_attention_layernorm(h, hidden_z), intermediate_z=pick("intermediate_z"))
+        return h + _scale(mlp, pick("mlp_z"), layer_z, hidden_z)
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        inv_freq = rope_inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
+        self.register_buffer("rope_inv_freq", inv_freq, persistent=False)
+        self.gradient_checkpointing = False
+
+    def forward(self, input_ids: torch.Tensor, masks: Optional[Masks] = None) -> torch.Tensor:
+        masks = masks or {}
+        hidden_z = masks.get("hidden_z")
+        h = _scale(self.embed_tokens(input_ids), hidden_z)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        cos, sin = rope_cos_sin(self.rope_inv_freq, positions, h.dtype)
+        for index, layer in enumerate(self.layers):
+            if self.gradient_checkpointing and self.training:
+                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, masks, index, use_reentrant=False)
+            else:
+                h = layer(h, cos, sin, masks, index)
+        return self.norm(h, hidden_z)
+
+
+class LlamaForCausalLM(nn.Module):
+    """Parameter names match `transformers.LlamaForCausalLM`, so HF conversion is a key copy."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.reset_parameters()
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def reset_parameters(self):
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+
+    def forward(self, input_ids: torch.Tensor, masks: Optional[Masks] = None) -> torch.Tensor:
+        """Logits [batch, seq, vocab]."""
+        if masks:
+            unknown = set(masks) - set(MASK_NAMES)
+            if unknown:
+                raise KeyError(f"unknown mask names {sorted(unknown)}; expected some of {MASK_NAMES}")
+        h = self.model(input_ids, masks)
+        hidden_z = (masks or {}).get("hidden_z")
+        return self.lm_head(_scale(h, hidden_z))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())

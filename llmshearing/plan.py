@@ -1,0 +1,176 @@
+"""PruningPlan: what every pruning method decides, as plain data (JSON), consumed by the one slicer.
+
+Indices refer to the source model. Scales are optional per-unit factors (e.g. Sheared LLaMA's soft
+mask values) that the slicer folds into the following weights so the sliced model computes exactly
+what the masked model did.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from llmshearing.errors import ShapeError
+from llmshearing.model.config import LlamaConfig
+from llmshearing.shape import TargetShape
+
+PLAN_FILE = "pruning_plan.json"
+
+
+@dataclass
+class LayerPlan:
+    source_index: int
+    kept_kv_heads: List[int]
+    kept_heads: List[int]  # query heads, ordered by KV group so new head i belongs to new group i // groups
+    kept_neurons: List[int]
+    head_scale: Optional[List[float]] = None
+    neuron_scale: Optional[List[float]] = None
+    attn_scale: float = 1.0  # whole attention block (head_layer_z * layer_z)
+    mlp_scale: float = 1.0  # whole MLP block (mlp_z * layer_z)
+
+
+@dataclass
+class PruningPlan:
+    source_config: dict
+    kept_hidden: List[int]
+    layers: List[LayerPlan]
+    hidden_scale: Optional[List[float]] = None
+    method: str = "unknown"
+    metadata: dict = field(default_factory=dict)
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def identity(cls, config: LlamaConfig, method: str = "identity") -> "PruningPlan":
+        layers = [
+            LayerPlan(
+                source_index=i,
+                kept_kv_heads=list(range(config.num_key_value_heads)),
+                kept_heads=list(range(config.num_attention_heads)),
+                kept_neurons=list(range(config.intermediate_size)),
+            )
+            for i in range(config.num_hidden_layers)
+        ]
+        return cls(config.to_dict(), list(range(config.hidden_size)), layers, method=method)
+
+    @property
+    def source(self) -> LlamaConfig:
+        return LlamaConfig.from_dict(self.source_config)
+
+    # ---- shape ---------------------------------------------------------------------------
+    def target_shape(self) -> TargetShape:
+        """The uniform shape this plan produces; ShapeError if layers differ."""
+        if not self.layers:
+            raise ShapeError("the pruning plan keeps no layers")
+        first = self.layers[0]
+        for layer in self.layers[1:]:
+            if (len(layer.kept_heads), len(layer.kept_kv_heads), len(layer.kept_neurons)) != (
+                len(first.kept_heads), len(first.kept_kv_heads), len(first.kept_neurons)
+            ):
+                raise ShapeError(
+                    f"layer {layer.source_index} keeps a different number of heads/neurons than layer "
+                    f"{first.source_index}; a plain LLaMA config needs the same sizes in every layer"
+                )
+        return TargetShape(
+            hidden_size=len(self.kept_hidden),
+            num_attention_heads=len(first.kept_heads),
+            num_key_value_heads=len(first.kept_kv_heads),
+            num_hidden_layers=len(self.layers),
+            intermediate_size=len(first.kept_neurons),
+        )
+
+    def target_config(self) -> LlamaConfig:
+        return self.target_shape().config_for(self.source)
+
+    def validate(self) -> None:
+        source = self.source
+        shape = self.target_shape()
+        shape.validate_against(source)
+        groups = source.query_groups
+        _check_indices("hidden channels", self.kept_hidden, source.hidden_size, self.hidden_scale)
+        _check_indices("layers", [l.source_index for l in self.layers], source.num_hidden_layers, None)
+        for layer in self.layers:
+            where = f"layer {layer.source_index}"
+            _check_indices(f"{where} KV heads", layer.kept_kv_heads, source.num_key_value_heads, None)
+            _check_indices(f"{where} neurons", layer.kept_neurons, source.intermediate_size, layer.neuron_scale, ordered=True)
+            _check_indices(f"{where} heads", layer.kept_heads, source.num_attention_heads, layer.head_scale, ordered=False)
+            per_group = shape.query_groups
+            for new_group, kv in enumerate(layer.kept_kv_heads):
+                members = layer.kept_heads[new_group * per_group:(new_group + 1) * per_group]
+                if any(h // groups != kv for h in members):
+                    raise ShapeError(
+                        f"{where}: kept query heads {members} do not all belong to KV head {kv} "
+                        f"({groups} query heads per KV head in the source)"
+                    )
+
+    # ---- masks for the masked (unsliced) model --------------------------------------------
+    def to_masks(self, dtype: torch.dtype = torch.float32) -> dict:
+        """Dense masks that make the source model compute what the sliced model computes."""
+        source = self.source
+        n_layers = source.num_hidden_layers
+        masks = {
+            "layer_z": torch.zeros(n_layers, dtype=dtype),
+            "head_layer_z": torch.zeros(n_layers, dtype=dtype),
+            "mlp_z": torch.zeros(n_layers, dtype=dtype),
+            "head_z": torch.zeros(n_layers, source.num_attention_heads, dtype=dtype),
+            "intermediate_z": torch.zeros(n_layers, source.intermediate_size, dtype=dtype),
+            "hidden_z": _dense(self.kept_hidden, self.hidden_scale, source.hidden_size, dtype),
+        }
+        for layer in self.layers:
+            i = layer.source_index
+            masks["layer_z"][i] = 1.0
+            masks["head_layer_z"][i] = layer.attn_scale
+            masks["mlp_z"][i] = layer.mlp_scale
+            masks["head_z"][i] = _dense(layer.kept_heads, layer.head_scale, source.num_attention_heads, dtype)
+            masks["intermediate_z"][i] = _dense(layer.kept_neurons, layer.neuron_scale, source.intermediate_size, dtype)
+        return masks
+
+    # ---- persistence ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PruningPlan":
+        values = dict(values)
+        values["layers"] = [LayerPlan(**layer) for layer in values["layers"]]
+        return cls(**values)
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        if path.is_dir() or not path.suffix:
+            path = path / PLAN_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_dict()))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path) -> "PruningPlan":
+        path = Path(path)
+        if path.is_dir():
+            path = path / PLAN_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"no pruning plan at {path}")
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def _dense(indices, scale, size, dtype) -> torch.Tensor:
+    out = torch.zeros(size, dtype=dtype)
+    values = torch.ones(len(indices), dtype=dtype) if scale is None else torch.tensor(scale, dtype=dtype)
+    out[torch.tensor(indices, dtype=torch.long)] = values
+    return out
+
+
+def _check_indices(what, indices, limit, scale, ordered=True):
+    if len(set(indices)) != len(indices):
+        raise ShapeError(f"pruning plan repeats {what}: {indices}")
+    if any(i < 0 or i >= limit for i in indices):
+        raise ShapeError(f"pruning plan {what} out of range [0, {limit}): {indices}")
+    if ordered and list(indices) != sorted(indices):
+        raise ShapeError(f"pruning plan {what} must be in increasing order")
+    if scale is not None and len(scale) != len(indices):
+        raise ShapeError(f"pruning plan {what}: {len(scale)} scales for {len(indices)} units")

@@ -1,0 +1,84 @@
+"""slice(model, plan): the one slicer. Returns a dense, smaller LlamaForCausalLM with a valid config."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from llmshearing.model.llama import LlamaForCausalLM
+from llmshearing.plan import LayerPlan, PruningPlan
+
+
+def _index(indices: Sequence[int], device) -> torch.Tensor:
+    return torch.as_tensor(list(indices), dtype=torch.long, device=device)
+
+
+def _scale_vector(scale: Optional[Sequence[float]], size: int, like: torch.Tensor) -> torch.Tensor:
+    if scale is None:
+        return torch.ones(size, dtype=torch.float32, device=like.device)
+    return torch.as_tensor(scale, dtype=torch.float32, device=like.device)
+
+
+def _rows(weight: torch.Tensor, indices: torch.Tensor, block: int = 1) -> torch.Tensor:
+    """Select output rows, in blocks of ``block`` rows per unit (a head is head_dim rows)."""
+    if block == 1:
+        return weight.index_select(0, indices)
+    blocks = weight.view(-1, block, weight.shape[1]).index_select(0, indices)
+    return blocks.reshape(-1, weight.shape[1])
+
+
+def _head_columns(weight: torch.Tensor, heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+    out_features = weight.shape[0]
+    blocks = weight.view(out_features, -1, head_dim).index_select(1, heads)
+    return blocks.reshape(out_features, -1)
+
+
+@torch.no_grad()
+def slice_model(model: LlamaForCausalLM, plan: PruningPlan) -> LlamaForCausalLM:
+    plan.validate()
+    source = model.config
+    if source.to_dict() != plan.source.to_dict():
+        raise ValueError("the pruning plan was made for a model of another shape than the one given")
+    target_config = plan.target_config()
+    device = model.lm_head.weight.device
+    dtype = model.lm_head.weight.dtype
+    hidden = _index(plan.kept_hidden, device)
+    hidden_scale = _scale_vector(plan.hidden_scale, len(plan.kept_hidden), model.lm_head.weight)
+
+    sliced = LlamaForCausalLM(target_config).to(device=device, dtype=dtype)
+    src, dst = model.model, sliced.model
+    embed = src.embed_tokens.weight.index_select(1, hidden).float() * hidden_scale
+    dst.embed_tokens.weight.copy_(embed)
+    dst.norm.weight.copy_(src.norm.weight.index_select(0, hidden))
+    if not target_config.tie_word_embeddings:
+        # the masked model scales lm_head's input by hidden_z once; fold that scale in once
+        sliced.lm_head.weight.copy_(model.lm_head.weight.index_select(1, hidden).float() * hidden_scale)
+    for new_layer, layer_plan in zip(dst.layers, plan.layers):
+        _slice_layer(src.layers[layer_plan.source_index], new_layer, layer_plan, hidden, hidden_scale, source.head_dim)
+    return sliced
+
+
+def _slice_layer(src, dst, plan: LayerPlan, hidden, hidden_scale, head_dim):
+    device = hidden.device
+    heads = _index(plan.kept_heads, device)
+    kv_heads = _index(plan.kept_kv_heads, device)
+    neurons = _index(plan.kept_neurons, device)
+    head_scale = _scale_vector(plan.head_scale, len(plan.kept_heads), hidden_scale)
+    neuron_scale = _scale_vector(plan.neuron_scale, len(plan.kept_neurons), hidden_scale)
+
+    dst.input_layernorm.weight.copy_(src.input_layernorm.weight.index_select(0, hidden))
+    dst.post_attention_layernorm.weight.copy_(src.post_attention_layernorm.weight.index_select(0, hidden))
+
+    attn_src, attn_dst = src.self_attn, dst.self_attn
+    attn_dst.q_proj.weight.copy_(_rows(attn_src.q_proj.weight, heads, head_dim).index_select(1, hidden))
+    attn_dst.k_proj.weight.copy_(_rows(attn_src.k_proj.weight, kv_heads, head_dim).index_select(1, hidden))
+    attn_dst.v_proj.weight.copy_(_rows(attn_src.v_proj.weight, kv_heads, head_dim).index_select(1, hidden))
+    o_proj = _head_columns(attn_src.o_proj.weight.index_select(0, hidden), heads, head_dim).float()
+    o_proj = o_proj * head_scale.repeat_interleave(head_dim)[None, :]
+    attn_dst.o_proj.weight.copy_(o_proj * (hidden_scale * plan.attn_scale)[:, None])
+
+    mlp_src, mlp_dst = src.mlp, dst.mlp
+    mlp_dst.gate_proj.weight.copy_(mlp_src.gate_proj.weight.index_select(0, neurons).index_select(1, hidden))
+    mlp_dst.up_proj.weight.copy_(mlp_src.up_proj.weight.index_select(0, neurons).index_select(1, hidden))
+    down = mlp_src.down_proj.weight.index_select(0, hidden).index_select(1, neurons).float()
+    mlp_dst.down_proj.weight.copy_(down * neuron_scale[None, :] * (hidden_scale * plan.mlp_scale)[:, None])
