@@ -1,0 +1,32 @@
+"""Command-line entry of train.py: one-line errors for bad input, exit codes a script can test."""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+EXIT_BAD_INPUT = 2
+EXIT_NONFINITE = 3
+
+
+def main(argv: Sequence[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: train.py CONFIG.yaml [key=value ...]   (omegaconf dot-list overrides)")
+        return 0 if argv else EXIT_BAD_INPUT
+    from llmshearing.composer.nan_guard import NonFiniteLossError
+    from llmshearing.config import load_config
+    from llmshearing.errors import LLMShearingError
+    from llmshearing.training import build_trainer
+
+    try:
+        cfg = load_config(argv[0], argv[1:])
+        trainer = build_trainer(cfg)
+        trainer.fit()
+    except (LLMShearingError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NONFINITE
+    if cfg.save_folder:
+        print(f"run finished; checkpoints in {cfg.save_folder}")
+    return 0

@@ -1,0 +1,108 @@
+"""Composer algorithm that runs Sheared-LLaMA targeted structured pruning on a ComposerLlama.
+
+INIT: attach an L0Module as ``model.l0`` (so log_alpha and λ are in every checkpoint) and add its
+two optimiser groups; the model's forward then multiplies sampled masks in (deterministic in eval).
+AFTER_LOSS: add the Lagrangian to the loss (logged as separate loss terms).
+BATCH_END: clamp log_alpha, log expected sizes / λ / targets.
+FIT_END: write the pruning plan made from the final deterministic masks.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping, Optional
+
+from composer.core import Algorithm, Event, State
+from composer.loggers import Logger
+from composer.utils import dist
+
+from llmshearing.errors import ConfigError
+from llmshearing.plan import PLAN_FILE
+from llmshearing.shape import TargetShape
+from llmshearing.sheared.l0_module import L0Module
+
+log = logging.getLogger(__name__)
+
+
+class L0Pruning(Algorithm):
+    def __init__(
+        self,
+        target: Mapping,
+        *,
+        mask_lr: float = 1.0,
+        lag_lr: float = 1.0,
+        warmup_fraction: float = 0.2,
+        init_mean: float = 5.0,
+        init_std: float = 0.01,
+        block_masks: bool = False,
+        plan_folder: Optional[str] = None,
+    ):
+        self.target = dict(target)
+        self.mask_lr = mask_lr
+        self.lag_lr = lag_lr
+        self.warmup_fraction = warmup_fraction
+        self.init_mean = init_mean
+        self.init_std = init_std
+        self.block_masks = block_masks
+        self.plan_folder = plan_folder
+        self.last_details: dict = {}
+
+    def match(self, event: Event, state: State) -> bool:
+        return event in (Event.INIT, Event.AFTER_LOSS, Event.BATCH_END, Event.FIT_END)
+
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        if event == Event.INIT:
+            self._attach(state)
+        elif event == Event.AFTER_LOSS:
+            self._add_lagrangian(state)
+        elif event == Event.BATCH_END:
+            state.model.l0.clamp_()
+            logger.log_metrics({f"pruning/{k}": v for k, v in self.last_details.items()})
+        elif event == Event.FIT_END:
+            self.write_plan(state)
+
+    # ---------------------------------------------------------------------------------------
+    def _attach(self, state: State) -> None:
+        model = state.model
+        source = model.config
+        target = TargetShape.from_mapping(self.target, source)
+        l0 = L0Module(
+            source,
+            target,
+            init_mean=self.init_mean,
+            init_std=self.init_std,
+            block_masks=self.block_masks,
+            lagrangian_warmup_steps=self._warmup_steps(state),
+        )
+        model.l0 = l0.to(next(model.model.parameters()).device)
+        if not state.optimizers:
+            raise ConfigError("L0Pruning needs an optimizer passed to the Trainer")
+        optimizer = state.optimizers[0]
+        optimizer.add_param_group({"params": list(l0.mask_parameters()), "lr": self.mask_lr, "weight_decay": 0.0})
+        optimizer.add_param_group({"params": list(l0.lagrangian_parameters()), "lr": self.lag_lr, "weight_decay": 0.0})
+        log.info("L0 pruning: %s -> %s", {k: getattr(source, k) for k in target.to_dict()}, target.to_dict())
+
+    def _warmup_steps(self, state: State) -> int:
+        duration = state.max_duration
+        if duration is None or duration.unit.name != "BATCH":
+            if self.warmup_fraction == 0:
+                return 0
+            raise ConfigError("pruning needs max_duration in batches (e.g. 3200ba) to size the target warm-up")
+        return int(round(self.warmup_fraction * duration.value))
+
+    def _add_lagrangian(self, state: State) -> None:
+        lm_loss = state.loss["total"] if isinstance(state.loss, dict) else state.loss
+        lagrangian, details = state.model.l0.lagrangian(int(state.timestamp.batch))
+        self.last_details = details
+        state.loss = {"total": lm_loss + lagrangian, "lm": lm_loss, "lagrangian": lagrangian}
+
+    def write_plan(self, state: State) -> Optional[Path]:
+        if dist.get_global_rank() != 0:
+            return None
+        folder = self.plan_folder
+        if folder is None:
+            return None
+        plan = state.model.l0.make_plan()
+        path = plan.save(Path(folder) / PLAN_FILE)
+        log.info("final pruning plan written to %s (target %s)", path, plan.target_shape().to_dict())
+        return path

@@ -1,0 +1,202 @@
+"""Turn a TrainConfig into a Composer Trainer: model, data, optimizer, algorithms, callbacks."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+from composer import Trainer
+from composer.core import Evaluator
+from composer.loggers import FileLogger, InMemoryLogger, MLFlowLogger, TensorboardLogger, WandBLogger
+from composer.optim import (
+    ConstantWithWarmupScheduler,
+    CosineAnnealingWithWarmupScheduler,
+    DecoupledAdamW,
+    LinearWithWarmupScheduler,
+)
+from composer.utils import dist, reproducibility
+
+from llmshearing.composer import L0Pruning, MaskSizePlot, StopOnNonFiniteLoss
+from llmshearing.config.schema import TrainConfig
+from llmshearing.errors import ConfigError
+from llmshearing.model.composer_model import ComposerLlama
+from llmshearing.model.config import LlamaConfig
+from llmshearing.shape import TargetShape
+
+log = logging.getLogger(__name__)
+
+LOGGERS = {
+    "file": FileLogger,
+    "tensorboard": TensorboardLogger,
+    "wandb": WandBLogger,
+    "mlflow": MLFlowLogger,
+    "in_memory": InMemoryLogger,
+}
+SCHEDULERS = {
+    "constant": lambda s: ConstantWithWarmupScheduler(t_warmup=s.t_warmup),
+    "linear": lambda s: LinearWithWarmupScheduler(t_warmup=s.t_warmup, alpha_f=s.alpha_f),
+    "cosine": lambda s: CosineAnnealingWithWarmupScheduler(t_warmup=s.t_warmup, alpha_f=s.alpha_f),
+}
+
+
+def resolve_model_path(path: Optional[str]) -> Optional[str]:
+    if path == "smollm2":
+        from llmshearing.assets import smollm2_gguf_path
+
+        return str(smollm2_gguf_path())
+    return path
+
+
+def build_model(cfg: TrainConfig) -> ComposerLlama:
+    path = resolve_model_path(cfg.model.path)
+    if path is None:
+        if not cfg.model.config:
+            raise ConfigError("give model.path (HF dir, .gguf, Composer checkpoint) or model.config for random init")
+        model = ComposerLlama(LlamaConfig.from_dict(cfg.model.config))
+    else:
+        from llmshearing.convert.sources import load_model
+
+        model = load_model(path)
+        for key, value in cfg.model.config.items():
+            if key != "attn_impl":
+                raise ConfigError(f"model.config.{key} cannot override a loaded model (only attn_impl)")
+            model.config.attn_impl = value
+            for module in model.modules():
+                if hasattr(module, "attn_impl"):
+                    module.attn_impl = value
+    model.model.model.gradient_checkpointing = cfg.model.gradient_checkpointing
+    return model
+
+
+def check_target(cfg: TrainConfig, model: ComposerLlama) -> None:
+    if cfg.pruning is None:
+        return
+    if not cfg.pruning.target:
+        raise ConfigError("pruning.target is empty: give at least one of hidden_size, num_attention_heads, ...")
+    TargetShape.from_mapping(cfg.pruning.target, model.config).validate_against(model.config)
+
+
+def build_optimizer(cfg: TrainConfig, model: ComposerLlama) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    return DecoupledAdamW(
+        model.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+    )
+
+
+def build_data(cfg: TrainConfig, model: ComposerLlama):
+    from llmshearing.data.corpus import load_manifest
+    from llmshearing.data.loaders import build_eval_dataloaders, build_train_dataloader
+
+    if not cfg.data.path:
+        raise ConfigError("data.path is not set: point it at a corpus built by data_prep/build_sample_corpus.py")
+    manifest = load_manifest(cfg.data.path)
+    vocab = manifest.get("vocab_size")
+    if vocab is not None and vocab > model.config.vocab_size:
+        raise ConfigError(
+            f"the corpus was tokenized with a vocabulary of {vocab} tokens but the model has "
+            f"{model.config.vocab_size}: use the model's own tokenizer"
+        )
+    domains = cfg.data.domains or list(manifest["domains"])
+    proportions = cfg.data.proportions or [1.0 / len(domains)] * len(domains)
+    world = dist.get_world_size()
+    if cfg.global_train_batch_size % world:
+        raise ConfigError(f"global_train_batch_size {cfg.global_train_batch_size} is not divisible by {world} ranks")
+    train = build_train_dataloader(
+        cfg.data.path, domains, proportions, batch_size=cfg.global_train_batch_size // world,
+        seq_len=cfg.data.seq_len, seed=cfg.seed, num_workers=cfg.data.num_workers,
+    )
+    evals = build_eval_dataloaders(
+        cfg.data.path, domains, batch_size=cfg.device_eval_batch_size, seq_len=cfg.data.seq_len,
+        max_batches=cfg.data.eval_max_batches,
+    )
+    evaluators = [
+        Evaluator(label=f"eval/{domain}", dataloader=loader, metric_names=["LanguageCrossEntropy", "LanguagePerplexity"])
+        for domain, loader in evals.items()
+    ]
+    return train, evaluators
+
+
+def save_tokenizer(cfg: TrainConfig) -> None:
+    source = cfg.tokenizer or resolve_model_path(cfg.model.path)
+    if not cfg.save_folder or not source or dist.get_global_rank() != 0:
+        return
+    if not (source.endswith(".gguf") or Path(source, "tokenizer_config.json").exists() or Path(source, "tokenizer.json").exists()):
+        return
+    from llmshearing.assets import load_tokenizer
+
+    target = Path(cfg.save_folder) / "tokenizer"
+    if not target.exists():
+        load_tokenizer(source).save_pretrained(target)
+
+
+def build_callbacks(cfg: TrainConfig) -> List:
+    callbacks = [StopOnNonFiniteLoss()]
+    if cfg.pruning is not None and cfg.mask_plot and cfg.save_folder:
+        callbacks.append(MaskSizePlot(cfg.save_folder))
+    return callbacks
+
+
+def build_algorithms(cfg: TrainConfig) -> List:
+    if cfg.pruning is None:
+        return []
+    p = cfg.pruning
+    return [
+        L0Pruning(
+            p.target, mask_lr=p.mask_lr, lag_lr=p.lag_lr, warmup_fraction=p.warmup_fraction,
+            init_mean=p.init_mean, init_std=p.init_std, block_masks=p.block_masks, plan_folder=cfg.save_folder,
+        )
+    ]
+
+
+def build_loggers(cfg: TrainConfig) -> List:
+    loggers = []
+    for name, kwargs in cfg.loggers.items():
+        if name not in LOGGERS:
+            raise ConfigError(f"unknown logger '{name}'; choose from {sorted(LOGGERS)}")
+        loggers.append(LOGGERS[name](**(kwargs or {})))
+    return loggers
+
+
+def build_trainer(cfg: TrainConfig) -> Trainer:
+    if cfg.scheduler.name not in SCHEDULERS:
+        raise ConfigError(f"unknown scheduler '{cfg.scheduler.name}'; choose from {sorted(SCHEDULERS)}")
+    if cfg.autoresume and not (cfg.run_name and cfg.save_folder):
+        raise ConfigError("autoresume needs run_name and save_folder")
+    reproducibility.seed_all(cfg.seed)
+    model = build_model(cfg)
+    check_target(cfg, model)
+    train_loader, evaluators = build_data(cfg, model)
+    save_tokenizer(cfg)
+    optimizer = build_optimizer(cfg, model)
+    parallelism = {"fsdp": cfg.fsdp} if cfg.fsdp else None
+    return Trainer(
+        run_name=cfg.run_name,
+        model=model,
+        train_dataloader=train_loader,
+        eval_dataloader=evaluators,
+        eval_interval=cfg.eval_interval,
+        eval_subset_num_batches=cfg.data.eval_max_batches or -1,
+        optimizers=optimizer,
+        schedulers=SCHEDULERS[cfg.scheduler.name](cfg.scheduler),
+        max_duration=cfg.max_duration,
+        device_train_microbatch_size=cfg.device_train_microbatch_size,
+        precision=cfg.precision,
+        device=cfg.device,
+        parallelism_config=parallelism,
+        algorithms=build_algorithms(cfg),
+        callbacks=build_callbacks(cfg),
+        loggers=build_loggers(cfg),
+        save_folder=cfg.save_folder,
+        save_interval=cfg.save_interval,
+        save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+        save_overwrite=cfg.save_overwrite,
+        autoresume=cfg.autoresume,
+        load_path=cfg.load_path,
+        load_weights_only=cfg.load_weights_only,
+        seed=cfg.seed,
+        progress_bar=cfg.progress_bar,
+        log_to_console=True,
+        console_log_interval=cfg.console_log_interval,
+        python_log_level=cfg.python_log_level,
+    )

@@ -1,0 +1,71 @@
+import pytest
+
+from llmshearing.config import load_config
+from llmshearing.errors import ConfigError, ShapeError
+from llmshearing.model import LlamaConfig
+from llmshearing.shape import TargetShape
+
+YAMLS = ["yamls/prune_2.7b.yaml", "yamls/prune_1.3b.yaml", "yamls/demo_smollm2_prune.yaml", "yamls/tiny_prune.yaml"]
+
+
+@pytest.mark.parametrize("path", YAMLS)
+def test_shipped_yamls_load(path):
+    cfg = load_config(path)
+    assert cfg.pruning is not None and cfg.pruning.target
+
+
+def test_paper_yamls_keep_paper_hyperparameters():
+    cfg = load_config("yamls/prune_2.7b.yaml")
+    assert cfg.max_duration == "3200ba" and cfg.global_train_batch_size == 32 and cfg.data.seq_len == 4096
+    assert cfg.optimizer.lr == 1e-4 and cfg.pruning.mask_lr == 1.0 and cfg.pruning.lag_lr == 1.0
+    assert cfg.pruning.target == dict(hidden_size=2560, num_attention_heads=20, num_key_value_heads=20,
+                                      num_hidden_layers=32, intermediate_size=6912)
+    small = load_config("yamls/prune_1.3b.yaml")
+    assert small.pruning.target["num_hidden_layers"] == 24 and small.pruning.target["intermediate_size"] == 5504
+
+
+def test_dot_list_overrides_apply():
+    cfg = load_config("yamls/prune_2.7b.yaml", ["max_duration=10ba", "save_folder=/tmp/x", "pruning.mask_lr=0.5"])
+    assert (cfg.max_duration, cfg.save_folder, cfg.pruning.mask_lr) == ("10ba", "/tmp/x", 0.5)
+
+
+@pytest.mark.parametrize("override, nearest", [
+    ("max_durations=10ba", "max_duration"),
+    ("pruning.mask_lrr=1", "pruning.mask_lr"),
+    ("data.seqlen=12", "data.seq_len"),
+])
+def test_typo_in_key_names_nearest_valid_key(override, nearest):
+    with pytest.raises(ConfigError, match=f"did you mean '{nearest}'"):
+        load_config("yamls/tiny_prune.yaml", [override])
+
+
+def test_wrong_value_type_is_a_config_error():
+    with pytest.raises(ConfigError, match="global_train_batch_size|Integer"):
+        load_config("yamls/tiny_prune.yaml", ["global_train_batch_size=lots"])
+
+
+def test_missing_yaml_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+SOURCE = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                     num_attention_heads=8, num_key_value_heads=4)
+
+
+@pytest.mark.parametrize("target, message", [
+    (dict(hidden_size=65), "larger than the source"),
+    (dict(num_hidden_layers=5), "larger than the source"),
+    (dict(num_attention_heads=6, num_key_value_heads=4), "not divisible"),
+    (dict(num_attention_heads=6, num_key_value_heads=2), "query heads per KV head"),
+    (dict(intermediate_size=0), "at least 1"),
+    (dict(hiden_size=32), "unknown target shape keys"),
+])
+def test_impossible_targets_are_rejected(target, message):
+    with pytest.raises(ShapeError, match=message):
+        TargetShape.from_mapping(target, SOURCE).validate_against(SOURCE)
+
+
+def test_unspecified_target_dimensions_keep_the_source_and_group_ratio():
+    shape = TargetShape.from_mapping(dict(hidden_size=32, num_attention_heads=4), SOURCE)
+    assert shape.num_key_value_heads == 2 and shape.num_hidden_layers == 4 and shape.intermediate_size == 128
