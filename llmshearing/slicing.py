@@ -6,7 +6,9 @@ from typing import Optional, Sequence
 import torch
 
 from llmshearing.model.llama import LlamaForCausalLM
+from llmshearing.errors import ShapeError
 from llmshearing.plan import LayerPlan, PruningPlan
+from llmshearing.shape import TargetShape
 
 
 def _index(indices: Sequence[int], device) -> torch.Tensor:
@@ -37,15 +39,18 @@ def _head_columns(weight: torch.Tensor, heads: torch.Tensor, head_dim: int) -> t
 def slice_model(model: LlamaForCausalLM, plan: PruningPlan) -> LlamaForCausalLM:
     plan.validate()
     source = model.config
-    if source.to_dict() != plan.source.to_dict():
-        raise ValueError("the pruning plan was made for a model of another shape than the one given")
+    if TargetShape.of(source) != TargetShape.of(plan.source) or source.vocab_size != plan.source.vocab_size:
+        raise ShapeError(
+            f"the pruning plan was made for a model of shape {TargetShape.of(plan.source).to_dict()}, "
+            f"not {TargetShape.of(source).to_dict()}"
+        )
     target_config = plan.target_config()
     device = model.lm_head.weight.device
     dtype = model.lm_head.weight.dtype
     hidden = _index(plan.kept_hidden, device)
     hidden_scale = _scale_vector(plan.hidden_scale, len(plan.kept_hidden), model.lm_head.weight)
 
-    sliced = LlamaForCausalLM(target_config).to(device=device, dtype=dtype)
+    sliced = LlamaForCausalLM.empty(target_config, device=device, dtype=dtype)
     src, dst = model.model, sliced.model
     embed = src.embed_tokens.weight.index_select(1, hidden).float() * hidden_scale
     dst.embed_tokens.weight.copy_(embed)

@@ -23,7 +23,7 @@ class MaskSizePlot(Callback):
         if l0 is None or step % self.every:
             return
         self.steps.append(step)
-        targets = l0.target_fractions()
+        targets = l0.target_fractions(step)
         for name, value in l0.expected_sizes().items():
             self.series.setdefault(name, []).append(float(value))
             self.series.setdefault(f"{name} target", []).append(float(targets[name]))
@@ -48,7 +48,7 @@ def draw_mask_sizes(steps, series, path: Path) -> Path:
         if target:
             ax.plot(steps, target, linestyle="--", color=line.get_color(), alpha=0.6)
     ax.set_xlabel("step")
-    ax.set_ylabel("expected fraction of source kept (dashed: final target)")
+    ax.set_ylabel("expected fraction of source kept (dashed: target)")
     ax.set_ylim(0, 1.05)
     ax.legend(loc="best", fontsize="small")
     ax.set_title("L0 mask sizes during pruning")

@@ -163,6 +163,24 @@ class LlamaForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
+    @classmethod
+    def empty(cls, config: LlamaConfig, device=None, dtype=None) -> "LlamaForCausalLM":
+        """A model with uninitialised weights (fast: for loaders and the slicer that overwrite them)."""
+        with torch.device("meta"):
+            model = cls.__new__(cls)
+            nn.Module.__init__(model)
+            model.config = config
+            model.model = LlamaModel(config)
+            model.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        model = model.to_empty(device=device or "cpu")
+        if dtype is not None:
+            model = model.to(dtype)
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        inv_freq = rope_inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
+        model.model.rope_inv_freq = inv_freq.to(model.lm_head.weight.device)
+        return model
+
     def reset_parameters(self):
         std = self.config.initializer_range
         for module in self.modules():

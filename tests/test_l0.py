@@ -1,0 +1,259 @@
+import math
+
+import pytest
+import torch
+
+from llmshearing.errors import CheckpointError, ShapeError
+from llmshearing.model import LlamaConfig, LlamaForCausalLM
+from llmshearing.shape import TargetShape
+from llmshearing.sheared import HardConcrete, L0Module
+from llmshearing.slicing import slice_model
+
+BIG = 100.0  # |log_alpha| at which keep probabilities are exactly 0 or 1 in fp32
+
+
+def gqa_config(tied=False):
+    # 6 query heads in 2 KV groups; head_dim given explicitly so that sizes can be odd
+    return LlamaConfig(vocab_size=53, hidden_size=23, intermediate_size=37, num_hidden_layers=4,
+                       num_attention_heads=6, num_key_value_heads=2, head_dim=6, tie_word_embeddings=tied,
+                       initializer_range=0.1)
+
+
+def mha_config(tied=False):
+    return LlamaConfig(vocab_size=41, hidden_size=19, intermediate_size=29, num_hidden_layers=3,
+                       num_attention_heads=5, num_key_value_heads=5, head_dim=4, tie_word_embeddings=tied,
+                       initializer_range=0.1)
+
+
+def shape(hidden, heads, kv, layers, d_ff):
+    return TargetShape(hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=kv,
+                       num_hidden_layers=layers, intermediate_size=d_ff)
+
+
+GQA_ALL_PRUNED = shape(13, 2, 1, 3, 21)  # KV groups 2->1 and heads per group 3->2
+CASES = {
+    "gqa-all": (gqa_config, GQA_ALL_PRUNED),
+    "gqa-groups-only": (gqa_config, shape(17, 3, 1, 4, 37)),
+    "gqa-heads-in-groups": (gqa_config, shape(23, 4, 2, 2, 30)),
+    "mha": (mha_config, shape(11, 3, 3, 2, 17)),
+}
+
+
+def set_binary_gates(l0: L0Module, seed=0):
+    """Random 0/1 keep scores with exactly the target count per row, as ±BIG log_alpha."""
+    generator = torch.Generator().manual_seed(seed)
+    source, target = l0.source, l0.target
+
+    def exactly_k(rows_shape, k):
+        return torch.rand(rows_shape, generator=generator).argsort(-1).argsort(-1) < k
+
+    keep = {
+        "layer": lambda: exactly_k((source.num_hidden_layers,), target.num_hidden_layers),
+        "kv_group": lambda: exactly_k(l0.gate_shapes["kv_group"], target.num_key_value_heads),
+        "head": lambda: exactly_k((source.num_hidden_layers, source.num_key_value_heads, source.query_groups),
+                                  target.query_groups).flatten(1),
+        "intermediate": lambda: exactly_k(l0.gate_shapes["intermediate"], target.intermediate_size),
+        "hidden": lambda: exactly_k((source.hidden_size,), target.hidden_size),
+    }
+    with torch.no_grad():
+        for name, gate in l0.gates.items():
+            gate.log_alpha.copy_(torch.where(keep[name](), BIG, -BIG))
+
+
+def randomize_norms(model):
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.uniform_(0.5, 1.5)
+
+
+# ---- hard concrete -----------------------------------------------------------------------------
+
+def test_hard_concrete_samples_in_unit_interval_with_exact_zeros_and_ones():
+    torch.manual_seed(0)
+    gate = HardConcrete(20000, init_mean=0.0, init_std=0.1)
+    z = gate.sample()
+    assert z.shape == (20000,)
+    assert z.min() >= 0 and z.max() <= 1
+    assert (z == 0).any() and (z == 1).any() and ((z > 0) & (z < 1)).any()
+    z.sum().backward()
+    assert gate.log_alpha.grad.abs().sum() > 0
+
+
+def test_keep_probability_matches_monte_carlo():
+    torch.manual_seed(0)
+    log_alphas = torch.tensor([-3.0, -1.0, 0.0, 1.0, 3.0])
+    samples = 200_000
+    gate = HardConcrete((len(log_alphas), samples))
+    with torch.no_grad():
+        gate.log_alpha.copy_(log_alphas[:, None].expand(-1, samples))
+    estimated = (gate.sample() > 0).float().mean(1)
+    formula = gate.keep_probability()[:, 0]
+    # binomial std <= 0.0012 at this sample size
+    torch.testing.assert_close(estimated, formula.detach(), atol=0.01, rtol=0)
+
+
+def test_soft_values_and_clamp():
+    gate = HardConcrete((3,), init_mean=5.0, init_std=0.0)
+    torch.testing.assert_close(gate.soft_values(), torch.full((3,), torch.sigmoid(torch.tensor(6.0)).item()))
+    gate.clamp_()
+    torch.testing.assert_close(gate.log_alpha.detach(), torch.full((3,), math.log(100.0)))
+    assert gate.keep_probability().requires_grad
+
+
+# ---- structures, selection, plan --------------------------------------------------------------
+
+def test_structures_created_only_where_target_shrinks():
+    assert L0Module(gqa_config(), GQA_ALL_PRUNED).structures == ("layer", "kv_group", "head", "intermediate", "hidden")
+    assert L0Module(gqa_config(), CASES["gqa-groups-only"][1]).structures == ("kv_group", "hidden")
+    assert L0Module(gqa_config(), CASES["gqa-heads-in-groups"][1]).structures == ("layer", "head", "intermediate")
+    l0 = L0Module(mha_config(), CASES["mha"][1], block_masks=True)
+    assert set(l0.gates) == {"layer", "kv_group", "intermediate", "hidden", "head_layer", "mlp"}
+    assert len(l0.lagrangian_parameters()) == 2 * 4
+    assert len(l0.mask_parameters()) == 6
+
+
+def test_training_masks_only_for_pruned_structures():
+    torch.manual_seed(0)
+    l0 = L0Module(gqa_config(), shape(23, 6, 2, 4, 30)).train()
+    masks = l0()
+    assert set(masks) == {"intermediate_z"}
+    assert masks["intermediate_z"].shape == (4, 37)
+    masks = L0Module(gqa_config(), GQA_ALL_PRUNED, block_masks=True).train()()
+    assert set(masks) == {"layer_z", "head_layer_z", "head_z", "mlp_z", "intermediate_z", "hidden_z"}
+    assert all(((m >= 0) & (m <= 1)).all() for m in masks.values())
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_expected_parameters_equal_sliced_model_when_scores_are_binary(case, tied):
+    make_config, target = CASES[case]
+    torch.manual_seed(0)
+    source = make_config(tied)
+    l0 = L0Module(source, target)
+    set_binary_gates(l0)
+    sliced = slice_model(LlamaForCausalLM(source), l0.make_plan())
+    assert sliced.config.num_attention_heads == target.num_attention_heads
+    assert l0.expected_parameters().item() == sliced.num_parameters()
+    expected = {name: value.item() for name, value in l0.expected_sizes().items()}
+    assert expected == pytest.approx(l0.target_fractions(), abs=1e-6)
+
+
+def test_expected_parameters_without_pruning_equal_source():
+    source = gqa_config()
+    l0 = L0Module(source, TargetShape.of(source))
+    assert l0.structures == () and l0.train()() == {}
+    assert l0.expected_parameters().item() == LlamaForCausalLM(source).num_parameters()
+
+
+@pytest.mark.parametrize("make_config,target,tied", [
+    (gqa_config, GQA_ALL_PRUNED, False),
+    (mha_config, CASES["mha"][1], True),
+])
+def test_deterministic_masks_keep_target_counts_and_match_sliced_model(make_config, target, tied):
+    torch.manual_seed(0)
+    source = make_config(tied)
+    l0 = L0Module(source, target, block_masks=True, init_mean=0.0, init_std=2.0).eval()
+    masks = l0()
+    plan = l0.make_plan()
+    reference = plan.to_masks()
+    assert set(masks) == set(reference)
+    for name in masks:
+        assert torch.equal(masks[name], reference[name]), name
+
+    kept_layers = masks["layer_z"].nonzero().flatten()
+    assert len(kept_layers) == target.num_hidden_layers
+    assert (masks["hidden_z"] != 0).sum() == target.hidden_size
+    for i in kept_layers:
+        assert (masks["head_z"][i] != 0).sum() == target.num_attention_heads
+        groups = (masks["head_z"][i].view(source.num_key_value_heads, -1) != 0).any(1)
+        assert groups.sum() == target.num_key_value_heads
+        assert (masks["intermediate_z"][i] != 0).sum() == target.intermediate_size
+    assert plan.method == "sheared" and plan.metadata["target_shape"] == target.to_dict()
+
+    model = LlamaForCausalLM(source).eval()
+    randomize_norms(model)
+    sliced = slice_model(model, plan).eval()
+    input_ids = torch.randint(0, source.vocab_size, (2, 11))
+    with torch.no_grad():
+        masked_logits = model(input_ids, masks=masks)
+        sliced_logits = sliced(input_ids)
+    assert masked_logits.abs().max() > 1e-2  # the comparison is not between near-zero tensors
+    torch.testing.assert_close(sliced_logits, masked_logits, atol=1e-4, rtol=0)
+
+
+# ---- Lagrangian ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("log_alpha", [5.0, -4.0])
+def test_lambda_ascends_in_direction_of_constraint_gap(log_alpha):
+    l0 = L0Module(gqa_config(), GQA_ALL_PRUNED, init_mean=log_alpha)
+    optimizer = torch.optim.SGD(l0.lagrangian_parameters(), lr=0.5)
+    loss, _ = l0.lagrangian(step=0)
+    loss.backward()
+    gaps = {name: (value - l0.target_fractions()[name]).item() for name, value in l0.expected_sizes().items()}
+    optimizer.step()
+    for name, gap in gaps.items():
+        assert abs(gap) > 0.05
+        assert l0.lambda_1[name].item() == pytest.approx(0.5 * gap, rel=1e-5)
+        assert l0.lambda_2[name].item() == pytest.approx(0.5 * gap ** 2, rel=1e-5)
+
+
+def test_target_warmup_schedule():
+    l0 = L0Module(gqa_config(), GQA_ALL_PRUNED, lagrangian_warmup_steps=10)
+    final = l0.target_fractions()
+    assert final["layer"] == 0.75 and final["head"] == pytest.approx(2 / 6) and final["hidden"] == 13 / 23
+    assert l0.target_fractions(0) == {name: 1.0 for name in final}
+    assert l0.target_fractions(5) == pytest.approx({name: (1 + f) / 2 for name, f in final.items()})
+    assert l0.target_fractions(10) == pytest.approx(final)
+    assert l0.target_fractions(1000) == pytest.approx(final)
+    no_warmup = L0Module(gqa_config(), GQA_ALL_PRUNED)
+    assert no_warmup.target_fractions(0) == final
+
+    with torch.no_grad():
+        for value in l0.lambda_1.values():
+            value.fill_(1.0)
+    loss, details = l0.lagrangian(step=5)
+    gaps = sum(details[f"expected_fraction/{n}"] - details[f"target_fraction/{n}"] for n in l0.structures)
+    assert loss.item() == pytest.approx(gaps, abs=1e-5)
+    assert details["lagrangian"] == pytest.approx(loss.item())
+    assert details["expected_parameters"] == pytest.approx(l0.expected_parameters().item())
+
+
+def test_optimising_the_lagrangian_reaches_target_fractions():
+    torch.manual_seed(0)
+    l0 = L0Module(gqa_config(), GQA_ALL_PRUNED)
+    optimizer = torch.optim.Adam([{"params": l0.mask_parameters()}, {"params": l0.lagrangian_parameters()}], lr=0.1)
+    for step in range(300):
+        loss, _ = l0.lagrangian(step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        l0.clamp_()
+    expected = {name: value.item() for name, value in l0.expected_sizes().items()}
+    assert expected == pytest.approx(l0.target_fractions(), abs=0.05)
+
+
+# ---- validation and checkpoints --------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", [
+    shape(24, 6, 2, 4, 37),  # hidden larger than the source
+    shape(23, 6, 2, 5, 37),  # more layers
+    shape(23, 5, 2, 4, 37),  # 5 heads do not split into 2 KV groups
+    shape(23, 4, 1, 4, 37),  # 4 heads in one group but source groups hold 3
+])
+def test_bad_targets_raise_shape_error(target):
+    with pytest.raises(ShapeError):
+        L0Module(gqa_config(), target)
+
+
+def test_extra_state_round_trip_and_mismatch():
+    source = gqa_config()
+    state = L0Module(source, GQA_ALL_PRUNED).state_dict()
+    assert state["_extra_state"]["target_shape"] == GQA_ALL_PRUNED.to_dict()
+    L0Module(source, GQA_ALL_PRUNED).load_state_dict(state)
+    other_target = shape(13, 2, 1, 2, 21)
+    with pytest.raises(CheckpointError):
+        L0Module(source, other_target).load_state_dict(state)
+    other_source = gqa_config(tied=True)
+    with pytest.raises(CheckpointError):
+        L0Module(other_source, GQA_ALL_PRUNED).load_state_dict(state)
