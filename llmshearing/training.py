@@ -131,7 +131,7 @@ def save_tokenizer(cfg: TrainConfig) -> None:
 
 
 def build_callbacks(cfg: TrainConfig) -> List:
-    callbacks = [StopOnNonFiniteLoss()]
+    callbacks = [StopOnNonFiniteLoss(cfg.save_folder)]
     if cfg.pruning is not None and cfg.mask_plot and cfg.save_folder:
         callbacks.append(MaskSizePlot(cfg.save_folder))
     return callbacks

@@ -48,11 +48,14 @@ class L0Pruning(Algorithm):
         self.last_details: dict = {}
 
     def match(self, event: Event, state: State) -> bool:
-        return event in (Event.INIT, Event.AFTER_LOSS, Event.BATCH_END, Event.FIT_END)
+        return event in (Event.INIT, Event.FIT_START, Event.AFTER_LOSS, Event.BATCH_END, Event.FIT_END)
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         if event == Event.INIT:
             self._attach(state)
+        elif event == Event.FIT_START:
+            # max_duration is only known once fit() starts
+            state.model.l0.lagrangian_warmup_steps = self._warmup_steps(state)
         elif event == Event.AFTER_LOSS:
             self._add_lagrangian(state)
         elif event == Event.BATCH_END:
@@ -72,7 +75,6 @@ class L0Pruning(Algorithm):
             init_mean=self.init_mean,
             init_std=self.init_std,
             block_masks=self.block_masks,
-            lagrangian_warmup_steps=self._warmup_steps(state),
         )
         model.l0 = l0.to(next(model.model.parameters()).device)
         if not state.optimizers:

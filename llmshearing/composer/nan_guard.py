@@ -1,10 +1,22 @@
-"""Stop a run at the first non-finite loss, before the bad step can touch weights or checkpoints."""
+"""Stop a run at the first non-finite loss, before the bad step can touch weights or checkpoints.
+
+The checkpoint holding the weights that produced the bad loss (saved right before this step) is
+renamed to ``*.nonfinite`` (kept for inspection, never resumed from by accident) and the
+``latest-rank*.pt`` link is pointed back at the last good checkpoint.
+"""
 from __future__ import annotations
 
 import math
+import os
+import re
+from pathlib import Path
+from typing import Optional
 
 from composer.core import Callback, State
 from composer.loggers import Logger
+from composer.utils import dist
+
+CHECKPOINT_BATCH = re.compile(r"-ba(\d+)-rank(\d+)\.pt$")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -12,12 +24,43 @@ class NonFiniteLossError(RuntimeError):
 
 
 class StopOnNonFiniteLoss(Callback):
+    def __init__(self, save_folder: Optional[str] = None):
+        self.save_folder = save_folder
+
     def after_loss(self, state: State, logger: Logger) -> None:
         loss = state.loss["total"] if isinstance(state.loss, dict) else state.loss
         value = float(loss.detach().float().mean())
-        if not math.isfinite(value):
-            step = int(state.timestamp.batch)
-            raise NonFiniteLossError(
-                f"loss is {value} at step {step} (batch {step + 1} of the run); stopping before the "
-                "optimizer step. The last checkpoint written before this step is kept unchanged."
-            )
+        if math.isfinite(value):
+            return
+        completed = int(state.timestamp.batch)
+        note = "no checkpoint was written before it"
+        if self.save_folder and dist.get_local_rank() == 0:
+            note = quarantine_checkpoints(Path(self.save_folder), completed)
+        raise NonFiniteLossError(
+            f"loss is {value} at step {completed + 1}; stopped before the optimizer step ({note})"
+        )
+
+
+def quarantine_checkpoints(folder: Path, bad_batch: int) -> str:
+    """Rename checkpoints of ``bad_batch`` aside and re-point ``latest`` links; describe the result."""
+    good = {}
+    for path in sorted(folder.glob("*-ba*-rank*.pt")):
+        match = CHECKPOINT_BATCH.search(path.name)
+        if not match or path.is_symlink():
+            continue
+        batch, rank = int(match.group(1)), match.group(2)
+        if batch >= bad_batch:
+            path.rename(path.with_name(path.name + ".nonfinite"))
+        elif batch > good.get(rank, (-1, None))[0]:
+            good[rank] = (batch, path)
+    for rank, (_, path) in good.items():
+        link = folder / f"latest-rank{rank}.pt"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        os.symlink(path.name, link)
+    for link in folder.glob("latest-rank*.pt"):
+        if link.is_symlink() and not link.exists():
+            link.unlink()
+    if not good:
+        return "no good checkpoint had been written yet"
+    return f"last good checkpoint: {good[min(good)][1]}"

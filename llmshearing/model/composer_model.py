@@ -18,7 +18,7 @@ IGNORE_INDEX = -100
 def next_token_targets(batch) -> torch.Tensor:
     """Targets aligned with logits[:, :-1]."""
     labels = batch.get("labels", batch["input_ids"])
-    return labels[:, 1:]
+    return labels[:, 1:].contiguous()
 
 
 class ComposerLlama(ComposerModel):
@@ -28,9 +28,10 @@ class ComposerLlama(ComposerModel):
     shape it holds, and loading a checkpoint of another shape fails with a clear message.
     """
 
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig, init_weights: bool = True):
         super().__init__()
-        self.model = LlamaForCausalLM(config)
+        # loaders that overwrite every weight skip the (slow, memory-hungry) random init
+        self.model = LlamaForCausalLM(config) if init_weights else LlamaForCausalLM.empty(config)
         self.l0: Optional[torch.nn.Module] = None
         self.train_metrics = {"LanguageCrossEntropy": LanguageCrossEntropy(ignore_index=IGNORE_INDEX)}
         self.eval_metrics = {
@@ -59,7 +60,7 @@ class ComposerLlama(ComposerModel):
         return outputs if outputs is not None else self.forward(batch)
 
     def update_metric(self, batch, outputs, metric) -> None:
-        metric.update(outputs[:, :-1].float(), next_token_targets(batch))
+        metric.update(outputs[:, :-1].contiguous().float(), next_token_targets(batch))
 
     def get_metrics(self, is_train: bool = False):
         return self.train_metrics if is_train else self.eval_metrics

@@ -17,8 +17,8 @@ class LlamaConfig:
     num_attention_heads: int = 32
     num_key_value_heads: Optional[int] = None
     head_dim: Optional[int] = None
-    max_position_embeddings: int = 4096
-    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     rope_scaling: Optional[dict] = None
     tie_word_embeddings: bool = False

@@ -1,0 +1,5 @@
+import sys
+
+from llmshearing.convert.cli import main
+
+sys.exit(main())

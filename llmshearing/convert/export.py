@@ -1,0 +1,81 @@
+"""Write a LlamaForCausalLM as a Hugging Face model directory that plain ``transformers`` loads."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from llmshearing.errors import LLMShearingError
+from llmshearing.model.llama import LlamaForCausalLM
+from llmshearing.plan import PruningPlan
+
+WEIGHTS_FILE = "model.safetensors"
+LM_HEAD = "lm_head.weight"
+DIR_MODE = 0o755
+FILE_MODE = 0o644
+
+
+def hf_state_dict(model: LlamaForCausalLM) -> dict:
+    """Contiguous CPU tensors under HF names; ``lm_head`` left out when tied (safetensors refuses
+    shared tensors, and ``transformers`` re-ties it from ``tie_word_embeddings``)."""
+    state = model.state_dict()
+    if model.config.tie_word_embeddings:
+        state.pop(LM_HEAD, None)
+    return {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
+
+
+def _write_model(model: LlamaForCausalLM, folder: Path) -> None:
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig
+
+    hf_config = model.config.to_hf()
+    hf_config.dtype = model.lm_head.weight.dtype
+    hf_config.save_pretrained(folder)
+    GenerationConfig.from_model_config(hf_config).save_pretrained(folder)
+    save_file(hf_state_dict(model), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    (folder / WEIGHTS_FILE).chmod(FILE_MODE)  # safetensors writes it private
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or
+                             (any(out_dir.iterdir()) and not (out_dir / "config.json").is_file())):
+        raise LLMShearingError(f"{out_dir} exists and is not a model directory; choose another output path")
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename ``tmp`` to ``out_dir``; an earlier export there is replaced only once the new one is complete."""
+    if not out_dir.exists():
+        tmp.rename(out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.old-", dir=out_dir.parent))
+    out_dir.rename(old / out_dir.name)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@torch.no_grad()
+def export_hf(model: LlamaForCausalLM, out_dir, tokenizer=None, plan: Optional[PruningPlan] = None) -> Path:
+    """Write config.json, generation_config.json, model.safetensors (+ tokenizer, + pruning plan).
+
+    The directory appears complete or not at all: everything is written to a sibling
+    ``<out_dir>.tmp-XXXX`` folder that is then renamed. An earlier export at ``out_dir`` is replaced.
+    """
+    out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp.chmod(DIR_MODE)  # mkdtemp makes it private
+    try:
+        _write_model(model, tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        if plan is not None:
+            plan.save(tmp)
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

@@ -1,0 +1,98 @@
+"""Load a model from any supported source into a ComposerLlama.
+
+Sources: a Hugging Face model directory (config.json + safetensors/bin, sharded or not), a GGUF
+file (de-quantised by ``transformers``), or a Composer checkpoint (ours or one the Trainer wrote).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from llmshearing.convert.hf_files import iter_weight_shards
+from llmshearing.convert.messages import first_line
+from llmshearing.convert.weights import build_model
+from llmshearing.errors import CheckpointError, ConfigError
+from llmshearing.model.composer_model import ComposerLlama
+from llmshearing.model.config import LlamaConfig
+
+HF_DIR, GGUF, COMPOSER = "hf", "gguf", "composer"
+GGUF_MAGIC = b"GGUF"
+TORCH_MAGICS = (b"PK\x03\x04", b"\x80")  # torch.save's zip container; legacy pickle (protocol >= 2)
+SUFFIX_FORMATS = {".gguf": GGUF, ".pt": COMPOSER, ".pth": COMPOSER, ".ckpt": COMPOSER}
+EXPECTED = "a Hugging Face model directory, a .gguf file or a Composer .pt checkpoint"
+
+
+def detect_format(path) -> str:
+    """``"hf"``, ``"gguf"`` or ``"composer"``, from the directory layout or the file's first bytes."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or directory: {path}")
+    if path.is_dir():
+        return _directory_format(path)
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic == GGUF_MAGIC:
+        return GGUF
+    if magic.startswith(TORCH_MAGICS):
+        return COMPOSER
+    if path.name == "config.json" or path.suffix in (".safetensors", ".bin"):
+        raise CheckpointError(f"{path} is one file of a Hugging Face model; give its directory {path.parent}")
+    if path.suffix in SUFFIX_FORMATS:
+        kind = "GGUF file" if SUFFIX_FORMATS[path.suffix] == GGUF else "PyTorch/Composer checkpoint"
+        raise CheckpointError(f"{path} is not a valid {kind} (corrupt or truncated?)")
+    raise CheckpointError(f"{path}: unknown model format (expected {EXPECTED})")
+
+
+def _directory_format(path: Path) -> str:
+    if (path / "config.json").is_file():
+        return HF_DIR
+    if (path / ".metadata").is_file() or any(path.glob("*.distcp")):
+        raise CheckpointError(f"{path} is a sharded (FSDP) Composer checkpoint, which is not supported; "
+                              "save a monolithic checkpoint (fsdp_state_dict_type: full)")
+    raise CheckpointError(f"{path} is a directory without config.json (expected {EXPECTED})")
+
+
+def load_model(path, dtype: torch.dtype = torch.float32) -> ComposerLlama:
+    """The model stored at ``path`` (any supported format) as a ComposerLlama with ``dtype`` weights.
+
+    A Composer checkpoint's L0 module state, if any, is not attached here; see
+    ``llmshearing.convert.composer_checkpoint.load_composer_model``.
+    """
+    path = Path(path)
+    kind = detect_format(path)
+    if kind == HF_DIR:
+        return build_model(_hf_dir_config(path), iter_weight_shards(path), dtype, path)
+    if kind == GGUF:
+        return _load_gguf(path, dtype)
+    from llmshearing.convert.composer_checkpoint import load_composer_model
+
+    model, _ = load_composer_model(path, dtype=dtype)
+    return model
+
+
+def _our_config(hf_config, path: Path) -> LlamaConfig:
+    try:
+        return LlamaConfig.from_hf(hf_config)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+
+
+def _hf_dir_config(path: Path) -> LlamaConfig:
+    from transformers import AutoConfig
+
+    try:
+        hf_config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}/config.json cannot be read: {first_line(exc)}") from exc
+    return _our_config(hf_config, path)
+
+
+def _load_gguf(path: Path, dtype: torch.dtype) -> ComposerLlama:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    except Exception as exc:  # noqa: BLE001 - the GGUF reader raises many types for a damaged file
+        raise CheckpointError(f"{path} cannot be read as a GGUF model: {first_line(exc)}") from exc
+    return build_model(_our_config(hf_model.config, path), [hf_model.state_dict()], dtype, path)

@@ -1,0 +1,112 @@
+"""Read and validate a corpus directory written by ``data_prep/build_sample_corpus.py``.
+
+Every problem is reported as a :class:`CorpusError` naming the offending path, before any
+dataset is built on top of it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llmshearing.errors import LLMShearingError
+
+MANIFEST_NAME = "manifest.json"
+INDEX_NAME = "index.json"
+DOCUMENTS_NAME = "documents.json"  # per domain: {"train": [document ids], "eval": [...]}
+SPLITS = ("train", "eval")
+_REQUIRED_MANIFEST_KEYS = ("domains", "seq_len", "per_domain")
+
+
+class CorpusError(LLMShearingError):
+    """The corpus directory is missing, incomplete or corrupt."""
+
+
+def _existing_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise CorpusError(f"{what} not found: {path}")
+    return path
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise CorpusError(f"{what} not found: {path}")
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorpusError(f"{what} is not readable JSON: {path} ({error})") from error
+    if not isinstance(payload, dict):
+        raise CorpusError(f"{what} is not a JSON object: {path}")
+    return payload
+
+
+def load_manifest(corpus_dir: str | Path) -> dict:
+    """Load ``manifest.json`` of a corpus directory, checking its required keys."""
+    corpus_dir = _existing_dir(Path(corpus_dir), "corpus directory")
+    path = corpus_dir / MANIFEST_NAME
+    manifest = _read_json(path, "corpus manifest (is the corpus build complete?)")
+    missing = [key for key in _REQUIRED_MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise CorpusError(f"corpus manifest lacks {missing}: {path}")
+    return manifest
+
+
+def check_domains(manifest: dict, domains: list[str] | tuple[str, ...], corpus_dir: str | Path):
+    """Raise CorpusError unless every requested domain is listed in the manifest."""
+    unknown = [domain for domain in domains if domain not in manifest["domains"]]
+    if unknown:
+        raise CorpusError(f"domain(s) {unknown} have no data in corpus {corpus_dir}; "
+                          f"available: {manifest['domains']}")
+
+
+def validate_mds_dir(split_dir: Path) -> int:
+    """Check an MDS directory's ``index.json`` and shard files; return its sample count."""
+    index_path = split_dir / INDEX_NAME
+    index = _read_json(index_path, "MDS index")
+    shards = index.get("shards")
+    if not isinstance(shards, list) or not shards:
+        raise CorpusError(f"MDS index lists no shards: {index_path}")
+    total_samples = 0
+    try:
+        for shard in shards:
+            _check_shard_file(split_dir, shard)
+            total_samples += int(shard["samples"])
+    except CorpusError:
+        raise
+    except (KeyError, TypeError, ValueError) as error:
+        raise CorpusError(f"MDS index has a malformed shard entry: {index_path} "
+                          f"({error!r})") from error
+    return total_samples
+
+
+def _check_shard_file(split_dir: Path, shard: dict) -> None:
+    """A shard is usable when its raw file, or else its compressed file, has the listed size."""
+    candidates = [shard["raw_data"], shard.get("zip_data")]
+    problems = []
+    for data in filter(None, candidates):
+        path = split_dir / data["basename"]
+        if not path.is_file():
+            problems.append(f"missing shard file {path}")
+        elif path.stat().st_size != int(data["bytes"]):
+            problems.append(f"shard file {path} has {path.stat().st_size} bytes, "
+                            f"index.json says {data['bytes']}")
+        else:
+            return
+    raise CorpusError("; ".join(problems))
+
+
+def domain_split_dir(corpus_dir: str | Path, domain: str, split: str) -> Path:
+    """Validated MDS directory of one domain's split (``train`` or ``eval``)."""
+    if split not in SPLITS:
+        raise CorpusError(f"unknown split '{split}' (expected one of {SPLITS}) in {corpus_dir}")
+    manifest = load_manifest(corpus_dir)
+    check_domains(manifest, [domain], corpus_dir)
+    split_dir = _existing_dir(Path(corpus_dir) / domain / split, f"'{domain}' {split} split")
+    validate_mds_dir(split_dir)
+    return split_dir
+
+
+def domain_document_ids(corpus_dir: str | Path, domain: str) -> dict[str, list[str]]:
+    """Ids of the source documents in each split of a domain (from ``documents.json``)."""
+    check_domains(load_manifest(corpus_dir), [domain], corpus_dir)
+    return _read_json(Path(corpus_dir) / domain / DOCUMENTS_NAME, "document list")

@@ -1,0 +1,129 @@
+"""DataLoaders over a corpus directory: a statically mixed train stream and per-domain eval sets.
+
+Batches are ``{"input_ids": LongTensor[batch_size, seq_len]}``; stored samples longer than
+``seq_len`` are cropped to their first ``seq_len`` tokens.
+
+Train data is ONE ``streaming.StreamingDataset`` whose streams are the domains' train splits,
+each with its ``proportion`` (static mixing). The streams are read in place (``local`` only, no
+``remote``), so several datasets may share the same directories; each dataset registers its
+own shared-memory prefix, found by streaming itself, so building many in one process (tests)
+needs no cleanup. ``streaming.base.util.clean_stale_shared_memory()`` is deliberately NOT called
+here: it unlinks the shared memory of every StreamingDataset on the machine, live ones
+included. Eval data needs no shared state and uses ``streaming.LocalDataset`` (map-style).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from streaming import LocalDataset, Stream, StreamingDataLoader, StreamingDataset
+from torch.utils.data import DataLoader, Dataset
+
+from llmshearing.data.corpus import check_domains, domain_split_dir, load_manifest
+
+_PROPORTION_SUM_TOLERANCE = 1e-6
+
+
+def normalize_proportions(domains: Sequence[str],
+                          proportions: Sequence[float] | None) -> list[float]:
+    """Domain weights summing to 1 (uniform when None); warns when they had to be rescaled."""
+    if proportions is None:
+        return [1.0 / len(domains)] * len(domains)
+    values = [float(value) for value in proportions]
+    if len(values) != len(domains):
+        raise ValueError(f"got {len(values)} proportions for {len(domains)} domains "
+                         f"{list(domains)}")
+    if any(not math.isfinite(value) or value < 0 for value in values):
+        raise ValueError(f"proportions must be finite and non-negative, got {values}")
+    total = sum(values)
+    if total <= 0:
+        raise ValueError(f"proportions must not all be zero, got {values}")
+    if abs(total - 1.0) > _PROPORTION_SUM_TOLERANCE:
+        warnings.warn(f"domain proportions {values} sum to {total}, not 1; normalising them",
+                      stacklevel=2)
+    return [value / total for value in values]
+
+
+def _to_model_input(sample: dict[str, Any], seq_len: int) -> dict[str, torch.Tensor]:
+    tokens = sample["tokens"]
+    if len(tokens) < seq_len:
+        raise ValueError(f"stored sample has {len(tokens)} tokens, fewer than seq_len={seq_len}")
+    return {"input_ids": torch.from_numpy(tokens[:seq_len].astype(np.int64))}
+
+
+class TokenStreamingDataset(StreamingDataset):
+    """StreamingDataset of MDS token samples that yields ``{"input_ids": LongTensor[seq_len]}``."""
+
+    def __init__(self, *, seq_len: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seq_len = seq_len
+
+    def get_item(self, sample_id: int, retry: int = 7) -> dict[str, torch.Tensor]:
+        return _to_model_input(super().get_item(sample_id, retry), self.seq_len)
+
+
+class TokenEvalDataset(Dataset):
+    """The first ``max_samples`` samples (all when None) of one MDS split, in stored order."""
+
+    def __init__(self, split_dir: Path, seq_len: int, max_samples: int | None = None) -> None:
+        self._samples = LocalDataset(local=str(split_dir))
+        self._seq_len = seq_len
+        available = len(self._samples)
+        self._length = available if max_samples is None else min(available, max_samples)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < self._length:
+            raise IndexError(f"sample index {index} out of range [0, {self._length})")
+        return _to_model_input(self._samples[index], self._seq_len)
+
+
+def _checked_manifest(data_dir: str | Path, domains: Sequence[str], seq_len: int) -> dict:
+    if not domains:
+        raise ValueError("no domains given")
+    if len(set(domains)) != len(domains):
+        raise ValueError(f"domains must be distinct, got {list(domains)}")
+    manifest = load_manifest(data_dir)
+    check_domains(manifest, list(domains), data_dir)
+    if not 0 < seq_len <= int(manifest["seq_len"]):
+        raise ValueError(f"seq_len={seq_len} must be in [1, {manifest['seq_len']}], the sample "
+                         f"length stored in corpus {data_dir}")
+    return manifest
+
+
+def build_train_dataloader(data_dir: str | Path, domains: Sequence[str],
+                           proportions: Sequence[float] | None, batch_size: int, seq_len: int,
+                           seed: int, num_workers: int = 0,
+                           shuffle: bool = True) -> StreamingDataLoader:
+    """Loader over the domains' train splits mixed statically by ``proportions``."""
+    _checked_manifest(data_dir, domains, seq_len)
+    weights = normalize_proportions(domains, proportions)
+    streams = [Stream(local=str(domain_split_dir(data_dir, domain, "train")), proportion=weight)
+               for domain, weight in zip(domains, weights) if weight > 0]
+    dataset = TokenStreamingDataset(seq_len=seq_len, streams=streams, batch_size=batch_size,
+                                    shuffle=shuffle, shuffle_seed=seed)
+    return StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                               drop_last=True)
+
+
+def build_eval_dataloaders(data_dir: str | Path, domains: Sequence[str], batch_size: int,
+                           seq_len: int, max_batches: int | None = None,
+                           num_workers: int = 0) -> dict[str, DataLoader]:
+    """One unshuffled loader per domain over its eval split (at most ``max_batches`` batches)."""
+    _checked_manifest(data_dir, domains, seq_len)
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches must be positive or None, got {max_batches}")
+    max_samples = None if max_batches is None else max_batches * batch_size
+    return {
+        domain: DataLoader(TokenEvalDataset(domain_split_dir(data_dir, domain, "eval"), seq_len,
+                                            max_samples),
+                           batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        for domain in domains
+    }
