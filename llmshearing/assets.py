@@ -92,3 +92,9 @@ def _apply_gguf_special_tokens(tokenizer, gguf_path: Path) -> None:
         if key in fields:
             token_id = int(fields[key].contents())
             setattr(tokenizer, attribute, tokenizer.convert_ids_to_tokens(token_id))
+
+
+def save_tokenizer(tokenizer, folder) -> None:
+    """Save only the fast tokenizer files: the slow sentencepiece file transformers derives from a
+    GGUF vocabulary is ~100 MB and adds nothing a fast tokenizer needs."""
+    tokenizer.save_pretrained(str(folder), legacy_format=False)

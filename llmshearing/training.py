@@ -123,11 +123,11 @@ def save_tokenizer(cfg: TrainConfig) -> None:
         return
     if not (source.endswith(".gguf") or Path(source, "tokenizer_config.json").exists() or Path(source, "tokenizer.json").exists()):
         return
-    from llmshearing.assets import load_tokenizer
+    from llmshearing.assets import load_tokenizer, save_tokenizer
 
     target = Path(cfg.save_folder) / "tokenizer"
     if not target.exists():
-        load_tokenizer(source).save_pretrained(target)
+        save_tokenizer(load_tokenizer(source), target)
 
 
 def build_callbacks(cfg: TrainConfig) -> List:

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from llmshearing.assets import save_tokenizer
 from llmshearing.convert.messages import first_line
 from llmshearing.errors import CheckpointError, LLMShearingError
 
@@ -78,7 +79,7 @@ def hf_to_composer(src: Path, dst: Path, dtype: torch.dtype) -> Path:
     _say(f"writing Composer checkpoint {dst}")
     save_composer_checkpoint(model, dst)
     if tokenizer is not None:
-        tokenizer.save_pretrained(str(dst.parent / TOKENIZER_DIR))
+        save_tokenizer(tokenizer, dst.parent / TOKENIZER_DIR)
         _say(f"tokenizer saved to {dst.parent / TOKENIZER_DIR}")
     return dst
 

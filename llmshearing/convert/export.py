@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 
+from llmshearing.assets import save_tokenizer
 from llmshearing.errors import LLMShearingError
 from llmshearing.model.llama import LlamaForCausalLM
 from llmshearing.plan import PruningPlan
@@ -71,7 +72,7 @@ def export_hf(model: LlamaForCausalLM, out_dir, tokenizer=None, plan: Optional[P
     try:
         _write_model(model, tmp)
         if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
+            save_tokenizer(tokenizer, tmp)
         if plan is not None:
             plan.save(tmp)
         _move_into_place(tmp, out_dir)

@@ -25,6 +25,7 @@ from streaming import LocalDataset, Stream, StreamingDataLoader, StreamingDatase
 from torch.utils.data import DataLoader, Dataset
 
 from llmshearing.data.corpus import check_domains, domain_split_dir, load_manifest
+from llmshearing.errors import ConfigError
 
 _PROPORTION_SUM_TOLERANCE = 1e-6
 
@@ -36,13 +37,13 @@ def normalize_proportions(domains: Sequence[str],
         return [1.0 / len(domains)] * len(domains)
     values = [float(value) for value in proportions]
     if len(values) != len(domains):
-        raise ValueError(f"got {len(values)} proportions for {len(domains)} domains "
+        raise ConfigError(f"got {len(values)} proportions for {len(domains)} domains "
                          f"{list(domains)}")
     if any(not math.isfinite(value) or value < 0 for value in values):
-        raise ValueError(f"proportions must be finite and non-negative, got {values}")
+        raise ConfigError(f"proportions must be finite and non-negative, got {values}")
     total = sum(values)
     if total <= 0:
-        raise ValueError(f"proportions must not all be zero, got {values}")
+        raise ConfigError(f"proportions must not all be zero, got {values}")
     if abs(total - 1.0) > _PROPORTION_SUM_TOLERANCE:
         warnings.warn(f"domain proportions {values} sum to {total}, not 1; normalising them",
                       stacklevel=2)
@@ -52,7 +53,7 @@ def normalize_proportions(domains: Sequence[str],
 def _to_model_input(sample: dict[str, Any], seq_len: int) -> dict[str, torch.Tensor]:
     tokens = sample["tokens"]
     if len(tokens) < seq_len:
-        raise ValueError(f"stored sample has {len(tokens)} tokens, fewer than seq_len={seq_len}")
+        raise ConfigError(f"stored sample has {len(tokens)} tokens, fewer than seq_len={seq_len}")
     return {"input_ids": torch.from_numpy(tokens[:seq_len].astype(np.int64))}
 
 
@@ -87,13 +88,13 @@ class TokenEvalDataset(Dataset):
 
 def _checked_manifest(data_dir: str | Path, domains: Sequence[str], seq_len: int) -> dict:
     if not domains:
-        raise ValueError("no domains given")
+        raise ConfigError("no domains given")
     if len(set(domains)) != len(domains):
-        raise ValueError(f"domains must be distinct, got {list(domains)}")
+        raise ConfigError(f"domains must be distinct, got {list(domains)}")
     manifest = load_manifest(data_dir)
     check_domains(manifest, list(domains), data_dir)
     if not 0 < seq_len <= int(manifest["seq_len"]):
-        raise ValueError(f"seq_len={seq_len} must be in [1, {manifest['seq_len']}], the sample "
+        raise ConfigError(f"seq_len={seq_len} must be in [1, {manifest['seq_len']}], the sample "
                          f"length stored in corpus {data_dir}")
     return manifest
 
@@ -119,7 +120,7 @@ def build_eval_dataloaders(data_dir: str | Path, domains: Sequence[str], batch_s
     """One unshuffled loader per domain over its eval split (at most ``max_batches`` batches)."""
     _checked_manifest(data_dir, domains, seq_len)
     if max_batches is not None and max_batches < 1:
-        raise ValueError(f"max_batches must be positive or None, got {max_batches}")
+        raise ConfigError(f"max_batches must be positive or None, got {max_batches}")
     max_samples = None if max_batches is None else max_batches * batch_size
     return {
         domain: DataLoader(TokenEvalDataset(domain_split_dir(data_dir, domain, "eval"), seq_len,
