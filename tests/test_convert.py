@@ -162,6 +162,22 @@ def test_hf_round_trip(tmp_path, variant):
 
 
 @torch.no_grad()
+def test_mistral_style_model_loads_with_equal_logits(tmp_path):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                           num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=128,
+                           sliding_window=None, initializer_range=0.2, rope_theta=1e6)
+    mistral = MistralForCausalLM(config).eval()
+    mistral.save_pretrained(tmp_path / "mistral")
+    ids = token_batch(config.vocab_size)
+    ours = load_model(tmp_path / "mistral")
+    assert ours.config.num_key_value_heads == 2 and ours.config.rope_theta == 1e6
+    assert max_diff(ours.model(ids), mistral(ids).logits) <= 1e-5
+
+
+@torch.no_grad()
 def test_export_replaces_an_earlier_export_and_casts_dtype(tmp_path):
     model = tiny_composer()
     export_hf(model.model, tmp_path / "out")
