@@ -30,3 +30,15 @@ def sample_corpus() -> Path:
         if result.returncode != 0:
             pytest.fail(f"building the sample corpus failed:\n{result.stdout}\n{result.stderr}")
     return corpus
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA; skip them (with the reason) on CPU-only machines."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
