@@ -2,7 +2,9 @@
 
 Indices refer to the source model. Scales are optional per-unit factors (e.g. Sheared LLaMA's soft
 mask values) that the slicer folds into the following weights so the sliced model computes exactly
-what the masked model did.
+what the masked model did. Replacement weights are optional source-shaped tensors under HF names
+(e.g. LLM Surgeon's updated weights) that the slicer uses instead of the model's own; they are saved
+as a safetensors file next to the JSON, which names it.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -19,6 +21,7 @@ from llmshearing.model.config import LlamaConfig
 from llmshearing.shape import TargetShape
 
 PLAN_FILE = "pruning_plan.json"
+WEIGHTS_KEY = "replacement_weights_file"  # JSON key naming the tensors file (relative to the JSON)
 
 
 @dataclass
@@ -41,6 +44,7 @@ class PruningPlan:
     hidden_scale: Optional[List[float]] = None
     method: str = "unknown"
     metadata: dict = field(default_factory=dict)
+    replacement_weights: Optional[Dict[str, torch.Tensor]] = field(default=None, repr=False, compare=False)
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -130,11 +134,15 @@ class PruningPlan:
 
     # ---- persistence ---------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain data for JSON; replacement weights are left out (they go to their own file)."""
+        values = dataclasses.asdict(dataclasses.replace(self, replacement_weights=None))
+        del values["replacement_weights"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> "PruningPlan":
         values = dict(values)
+        values.pop(WEIGHTS_KEY, None)
         values["layers"] = [LayerPlan(**layer) for layer in values["layers"]]
         return cls(**values)
 
@@ -143,8 +151,13 @@ class PruningPlan:
         if path.is_dir() or not path.suffix:
             path = path / PLAN_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
+        values = self.to_dict()
+        if self.replacement_weights:
+            weights_path = path.with_suffix(".safetensors")
+            _save_tensors(self.replacement_weights, weights_path)
+            values[WEIGHTS_KEY] = weights_path.name
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict()))
+        tmp.write_text(json.dumps(values))
         tmp.replace(path)
         return path
 
@@ -155,7 +168,25 @@ class PruningPlan:
             path = path / PLAN_FILE
         if not path.exists():
             raise FileNotFoundError(f"no pruning plan at {path}")
-        return cls.from_dict(json.loads(path.read_text()))
+        values = json.loads(path.read_text())
+        plan = cls.from_dict(values)
+        if values.get(WEIGHTS_KEY):
+            from safetensors.torch import load_file
+
+            weights_path = path.parent / values[WEIGHTS_KEY]
+            if not weights_path.is_file():
+                raise FileNotFoundError(f"the pruning plan {path} names replacement weights {weights_path}, which are missing")
+            plan.replacement_weights = load_file(str(weights_path))
+        return plan
+
+
+def _save_tensors(tensors: Dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_suffix(".safetensors.tmp")
+    save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp))
+    tmp.chmod(0o644)  # safetensors writes it private; it sits next to readable model files
+    tmp.replace(path)
 
 
 def _dense(indices, scale, size, dtype) -> torch.Tensor:

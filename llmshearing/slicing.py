@@ -1,7 +1,8 @@
 """slice(model, plan): the one slicer. Returns a dense, smaller LlamaForCausalLM with a valid config."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import contextlib
+from typing import Dict, Optional, Sequence
 
 import torch
 
@@ -35,6 +36,26 @@ def _head_columns(weight: torch.Tensor, heads: torch.Tensor, head_dim: int) -> t
     return blocks.reshape(out_features, -1)
 
 
+@contextlib.contextmanager
+def _replaced_weights(model: LlamaForCausalLM, weights: Optional[Dict[str, torch.Tensor]]):
+    """The model's parameters temporarily hold the plan's replacement weights (restored afterwards)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    saved = {}
+    try:
+        for name, tensor in (weights or {}).items():
+            if name not in params:
+                raise ShapeError(f"the pruning plan replaces {name}, which the model does not have")
+            if tuple(tensor.shape) != tuple(params[name].shape):
+                raise ShapeError(f"the pruning plan's {name} has shape {tuple(tensor.shape)}, "
+                                 f"the model's {tuple(params[name].shape)}")
+            saved[name] = params[name].data
+            params[name].data = tensor.to(device=saved[name].device, dtype=saved[name].dtype)
+        yield model
+    finally:
+        for name, data in saved.items():
+            params[name].data = data
+
+
 @torch.no_grad()
 def slice_model(model: LlamaForCausalLM, plan: PruningPlan) -> LlamaForCausalLM:
     plan.validate()
@@ -44,6 +65,12 @@ def slice_model(model: LlamaForCausalLM, plan: PruningPlan) -> LlamaForCausalLM:
             f"the pruning plan was made for a model of shape {TargetShape.of(plan.source).to_dict()}, "
             f"not {TargetShape.of(source).to_dict()}"
         )
+    with _replaced_weights(model, plan.replacement_weights):
+        return _slice(model, plan)
+
+
+def _slice(model: LlamaForCausalLM, plan: PruningPlan) -> LlamaForCausalLM:
+    source = model.config
     target_config = plan.target_config()
     device = model.lm_head.weight.device
     dtype = model.lm_head.weight.dtype

@@ -90,6 +90,10 @@ def build_data(cfg: TrainConfig, model: ComposerLlama):
 
     if not cfg.data.path:
         raise ConfigError("data.path is not set: point it at a corpus built by data_prep/build_sample_corpus.py")
+    if cfg.data.remote:
+        from llmshearing.data.remote import mirror_corpus
+
+        mirror_corpus(cfg.data.remote, cfg.data.path, cfg.data.domains)
     manifest = load_manifest(cfg.data.path)
     vocab = manifest.get("vocab_size")
     if vocab is not None and vocab > model.config.vocab_size:
@@ -102,10 +106,15 @@ def build_data(cfg: TrainConfig, model: ComposerLlama):
     world = dist.get_world_size()
     if cfg.global_train_batch_size % world:
         raise ConfigError(f"global_train_batch_size {cfg.global_train_batch_size} is not divisible by {world} ranks")
-    train = build_train_dataloader(
-        cfg.data.path, domains, proportions, batch_size=cfg.global_train_batch_size // world,
-        seq_len=cfg.data.seq_len, seed=cfg.seed, num_workers=cfg.data.num_workers,
-    )
+    if cfg.dynamic_loading is not None:
+        from llmshearing.composer.dynamic_setup import dynamic_train_loader
+
+        train = dynamic_train_loader(cfg, domains, proportions)
+    else:
+        train = build_train_dataloader(
+            cfg.data.path, domains, proportions, batch_size=cfg.global_train_batch_size // world,
+            seq_len=cfg.data.seq_len, seed=cfg.seed, num_workers=cfg.data.num_workers, remote=cfg.data.remote,
+        )
     evals = build_eval_dataloaders(
         cfg.data.path, domains, batch_size=cfg.device_eval_batch_size, seq_len=cfg.data.seq_len,
         max_batches=cfg.data.eval_max_batches,
@@ -130,23 +139,30 @@ def save_tokenizer(cfg: TrainConfig) -> None:
         save_tokenizer(load_tokenizer(source), target)
 
 
-def build_callbacks(cfg: TrainConfig) -> List:
+def build_callbacks(cfg: TrainConfig, train_loader) -> List:
     callbacks = [StopOnNonFiniteLoss(cfg.save_folder)]
+    if cfg.dynamic_loading is not None:
+        from llmshearing.composer.dynamic_setup import dynamic_loading_callback
+
+        callbacks.append(dynamic_loading_callback(cfg, train_loader.dataset.domains))
     if cfg.pruning is not None and cfg.mask_plot and cfg.save_folder:
         callbacks.append(MaskSizePlot(cfg.save_folder))
     return callbacks
 
 
 def build_algorithms(cfg: TrainConfig) -> List:
-    if cfg.pruning is None:
-        return []
-    p = cfg.pruning
-    return [
-        L0Pruning(
+    algorithms = []
+    if cfg.pruning is not None:
+        p = cfg.pruning
+        algorithms.append(L0Pruning(
             p.target, mask_lr=p.mask_lr, lag_lr=p.lag_lr, warmup_fraction=p.warmup_fraction,
             init_mean=p.init_mean, init_std=p.init_std, block_masks=p.block_masks, plan_folder=cfg.save_folder,
-        )
-    ]
+        ))
+    if cfg.teacher is not None:
+        from llmshearing.composer.distillation import distillation_from_config
+
+        algorithms.append(distillation_from_config(cfg.teacher, resolve_model_path(cfg.model.path)))
+    return algorithms
 
 
 def build_loggers(cfg: TrainConfig) -> List:
@@ -167,6 +183,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     model = build_model(cfg)
     check_target(cfg, model)
     train_loader, evaluators = build_data(cfg, model)
+    callbacks = build_callbacks(cfg, train_loader)
     save_tokenizer(cfg)
     optimizer = build_optimizer(cfg, model)
     parallelism = {"fsdp": cfg.fsdp} if cfg.fsdp else None
@@ -185,7 +202,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         device=cfg.device,
         parallelism_config=parallelism,
         algorithms=build_algorithms(cfg),
-        callbacks=build_callbacks(cfg),
+        callbacks=callbacks,
         loggers=build_loggers(cfg),
         save_folder=cfg.save_folder,
         save_interval=cfg.save_interval,

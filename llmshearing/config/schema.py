@@ -17,6 +17,7 @@ class ModelSection:
 @dataclass
 class DataSection:
     path: Optional[str] = None  # corpus dir: <domain>/train, <domain>/eval MDS shards
+    remote: Optional[str] = None  # remote corpus (s3://, gs://, hf://, ... or a dir); data.path caches it
     domains: Optional[List[str]] = None  # default: every domain in the corpus manifest
     proportions: Optional[List[float]] = None  # static mixture; default: uniform
     seq_len: int = 4096
@@ -33,6 +34,35 @@ class PruningSection:
     init_mean: float = 5.0
     init_std: float = 0.01
     block_masks: bool = False
+
+
+@dataclass
+class TeacherSection:
+    """Knowledge distillation from a frozen teacher (llmshearing/composer/distillation.py)."""
+
+    path: Optional[str] = None  # HF dir, .gguf, Composer checkpoint or "smollm2"
+    temperature: float = 1.0
+    alpha: float = 0.0  # weight of the LM loss; the logit KL gets 1 - alpha
+    hidden_weight: float = 0.0  # intermediate hidden-state loss (through learned projections); 0 = off
+    hidden_layers: List[int] = field(default_factory=lambda: [-1])  # student layers (negative = from the end)
+    hidden_loss: str = "cosine"  # cosine | mse
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16
+
+
+@dataclass
+class DynamicLoadingSection:
+    """Sheared LLaMA's dynamic batch loading (data.domains / data.proportions give the initial mix)."""
+
+    mode: str = "dynamic"  # dynamic | static (same loader and loss logging, weights never change)
+    update_interval: int = 50  # steps between weight updates (paper: 50 pruning, 400 CPT)
+    reference_losses: Dict[str, float] = field(default_factory=dict)  # domain -> target loss
+    reference_losses_file: Optional[str] = None  # JSON from python -m llmshearing.data.reference_loss
+    eta: float = 1.0  # step size of the exponentiated update
+    smoothing: float = 1.0e-4  # c in w = (1 - c) alpha / sum(alpha) + c / k
+    loss_source: str = "eval"  # eval (eval splits, loss_batches per domain) | train (training batches)
+    loss_batches: int = 1  # eval batches (device_eval_batch_size) per domain, rank and update
+    max_repeats: Optional[int] = None  # stop drawing a domain repeated this often; null = no cap
+    plot: bool = True  # domain_weights.png in save_folder at the end
 
 
 @dataclass
@@ -58,6 +88,8 @@ class TrainConfig:
     tokenizer: Optional[str] = None  # default: model.path when it is an HF dir or .gguf
     data: DataSection = field(default_factory=DataSection)
     pruning: Optional[PruningSection] = None
+    dynamic_loading: Optional[DynamicLoadingSection] = None  # set: dynamic batch loading
+    teacher: Optional[TeacherSection] = None  # set: the student is trained by distillation from it
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     scheduler: SchedulerSection = field(default_factory=SchedulerSection)
     global_train_batch_size: int = 32

@@ -21,10 +21,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from streaming import LocalDataset, Stream, StreamingDataLoader, StreamingDataset
+from composer.utils import dist
+from streaming import LocalDataset, StreamingDataLoader, StreamingDataset
 from torch.utils.data import DataLoader, Dataset
 
 from llmshearing.data.corpus import check_domains, domain_split_dir, load_manifest
+from llmshearing.data.remote import train_stream
 from llmshearing.errors import ConfigError
 
 _PROPORTION_SUM_TOLERANCE = 1e-6
@@ -50,7 +52,7 @@ def normalize_proportions(domains: Sequence[str],
     return [value / total for value in values]
 
 
-def _to_model_input(sample: dict[str, Any], seq_len: int) -> dict[str, torch.Tensor]:
+def to_model_input(sample: dict[str, Any], seq_len: int) -> dict[str, torch.Tensor]:
     tokens = sample["tokens"]
     if len(tokens) < seq_len:
         raise ConfigError(f"stored sample has {len(tokens)} tokens, fewer than seq_len={seq_len}")
@@ -65,7 +67,7 @@ class TokenStreamingDataset(StreamingDataset):
         self.seq_len = seq_len
 
     def get_item(self, sample_id: int, retry: int = 7) -> dict[str, torch.Tensor]:
-        return _to_model_input(super().get_item(sample_id, retry), self.seq_len)
+        return to_model_input(super().get_item(sample_id, retry), self.seq_len)
 
 
 class TokenEvalDataset(Dataset):
@@ -83,10 +85,10 @@ class TokenEvalDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self._length:
             raise IndexError(f"sample index {index} out of range [0, {self._length})")
-        return _to_model_input(self._samples[index], self._seq_len)
+        return to_model_input(self._samples[index], self._seq_len)
 
 
-def _checked_manifest(data_dir: str | Path, domains: Sequence[str], seq_len: int) -> dict:
+def checked_manifest(data_dir: str | Path, domains: Sequence[str], seq_len: int) -> dict:
     if not domains:
         raise ConfigError("no domains given")
     if len(set(domains)) != len(domains):
@@ -102,11 +104,12 @@ def _checked_manifest(data_dir: str | Path, domains: Sequence[str], seq_len: int
 def build_train_dataloader(data_dir: str | Path, domains: Sequence[str],
                            proportions: Sequence[float] | None, batch_size: int, seq_len: int,
                            seed: int, num_workers: int = 0,
-                           shuffle: bool = True) -> StreamingDataLoader:
-    """Loader over the domains' train splits mixed statically by ``proportions``."""
-    _checked_manifest(data_dir, domains, seq_len)
+                           shuffle: bool = True, remote: str | None = None) -> StreamingDataLoader:
+    """Loader over the domains' train splits mixed statically by ``proportions`` (train shards
+    local, or streamed from ``remote`` into ``data_dir``)."""
+    checked_manifest(data_dir, domains, seq_len)
     weights = normalize_proportions(domains, proportions)
-    streams = [Stream(local=str(domain_split_dir(data_dir, domain, "train")), proportion=weight)
+    streams = [train_stream(data_dir, domain, remote, proportion=weight)
                for domain, weight in zip(domains, weights) if weight > 0]
     dataset = TokenStreamingDataset(seq_len=seq_len, streams=streams, batch_size=batch_size,
                                     shuffle=shuffle, shuffle_seed=seed)
@@ -117,14 +120,19 @@ def build_train_dataloader(data_dir: str | Path, domains: Sequence[str],
 def build_eval_dataloaders(data_dir: str | Path, domains: Sequence[str], batch_size: int,
                            seq_len: int, max_batches: int | None = None,
                            num_workers: int = 0) -> dict[str, DataLoader]:
-    """One unshuffled loader per domain over its eval split (at most ``max_batches`` batches)."""
-    _checked_manifest(data_dir, domains, seq_len)
+    """One unshuffled loader per domain over its eval split (at most ``max_batches`` batches).
+
+    With several ranks each reads its share through a ``DistributedSampler`` (Composer refuses
+    map-style loaders without one, and the metrics are reduced across ranks anyway).
+    """
+    checked_manifest(data_dir, domains, seq_len)
     if max_batches is not None and max_batches < 1:
         raise ConfigError(f"max_batches must be positive or None, got {max_batches}")
     max_samples = None if max_batches is None else max_batches * batch_size
-    return {
-        domain: DataLoader(TokenEvalDataset(domain_split_dir(data_dir, domain, "eval"), seq_len,
-                                            max_samples),
-                           batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        for domain in domains
-    }
+    loaders = {}
+    for domain in domains:
+        split = TokenEvalDataset(domain_split_dir(data_dir, domain, "eval"), seq_len, max_samples)
+        sampler = dist.get_sampler(split, shuffle=False) if dist.get_world_size() > 1 else None
+        loaders[domain] = DataLoader(split, batch_size=batch_size, shuffle=False, sampler=sampler,
+                                     num_workers=num_workers)
+    return loaders

@@ -28,10 +28,12 @@ class ComposerLlama(ComposerModel):
     shape it holds, and loading a checkpoint of another shape fails with a clear message.
     """
 
-    def __init__(self, config: LlamaConfig, init_weights: bool = True):
+    def __init__(self, config: LlamaConfig, init_weights: bool = True, model: Optional[LlamaForCausalLM] = None):
         super().__init__()
-        # loaders that overwrite every weight skip the (slow, memory-hungry) random init
-        self.model = LlamaForCausalLM(config) if init_weights else LlamaForCausalLM.empty(config)
+        if model is not None:  # wrap an existing model (no copy)
+            self.model = model
+        else:  # loaders that overwrite every weight skip the (slow, memory-hungry) random init
+            self.model = LlamaForCausalLM(config) if init_weights else LlamaForCausalLM.empty(config)
         self.l0: Optional[torch.nn.Module] = None
         self.train_metrics = {"LanguageCrossEntropy": LanguageCrossEntropy(ignore_index=IGNORE_INDEX)}
         self.eval_metrics = {

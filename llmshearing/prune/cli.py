@@ -46,6 +46,20 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default=None, help="tokenizer to save with the output (default: the source's)")
 
 
+def load_output_tokenizer(args: argparse.Namespace):
+    """--tokenizer, else the source's own (HF dir or .gguf); None, with a warning, when it has none."""
+    from llmshearing.assets import load_tokenizer
+
+    if args.tokenizer:
+        return load_tokenizer(args.tokenizer)
+    try:
+        return load_tokenizer(args.model)
+    except LLMShearingError as exc:
+        print(f"warning: exporting without a tokenizer ({str(exc).splitlines()[0]}); pass --tokenizer PATH",
+              file=sys.stderr)
+        return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m llmshearing.prune", description=__doc__.splitlines()[0])
     methods = parser.add_subparsers(dest="method", required=True)

@@ -1,0 +1,69 @@
+"""LLM Surgeon: K-FAC curvature pruning with correlated weight updates (structured, 2:4, unstructured).
+
+    python -m llmshearing.prune surgeon --model SRC --data DIR --out DST --mode structured --uniform --density 0.7 --shots 8
+    python -m llmshearing.prune surgeon --model SRC --data DIR --out DST --mode 2:4
+    python -m llmshearing.prune surgeon --model SRC --data DIR --out DST --mode unstructured --density 0.5
+
+DST receives the HF model (+ tokenizer), pruning_plan.json (structured: + pruning_plan.safetensors,
+the updated source-shaped weights, so the plan re-slices the source without recomputing) and
+surgeon_report.json (density per layer and projection, per-shot figures, factor memory).
+Structured output is physically smaller; 2:4 and unstructured output is dense with zeros.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from llmshearing.surgeon.settings import MODES, SCORINGS, SurgeonSettings
+from llmshearing.surgeon.units import ATTENTION_UNITS, HEAD
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=MODES, default="structured",
+                        help="structured: remove MLP neurons and attention heads (sliced); 2:4; unstructured")
+    parser.add_argument("--density", type=float, default=None,
+                        help="fraction of the layers' projection weights kept, in (0, 1] (2:4: 0.5, the default)")
+    parser.add_argument("--shots", type=int, default=1,
+                        help="reach the density in this many shots (linear schedule), curvature re-estimated in between")
+    parser.add_argument("--uniform", action="store_true",
+                        help="structured: the same number of heads/neurons in every layer (a plain LLaMA config)")
+    parser.add_argument("--attention-unit", choices=ATTENTION_UNITS, default=HEAD,
+                        help="structured: remove query heads (the same number per KV group) or whole KV groups")
+    parser.add_argument("--scoring", choices=SCORINGS, default="curvature",
+                        help="magnitude: the F = I baseline (no curvature, no weight update)")
+    parser.add_argument("--damping", type=float, default=0.01,
+                        help="added to each K-FAC factor as this fraction of its mean diagonal")
+    parser.add_argument("--factor-memory-gb", type=float, default=None,
+                        help="memory for K-FAC factors; layers are processed in blocks that fit (default: half the free memory)")
+    parser.add_argument("--finetune-steps", type=int, default=0,
+                        help="LM-loss fine-tuning steps on the calibration set between shots (default: none)")
+    parser.add_argument("--finetune-lr", type=float, default=1e-5)
+
+
+def settings_from_args(args: argparse.Namespace) -> SurgeonSettings:
+    return SurgeonSettings(
+        mode=args.mode, density=args.density, shots=args.shots, uniform=args.uniform,
+        attention_unit=args.attention_unit, scoring=args.scoring, damping=args.damping,
+        factor_memory_gb=args.factor_memory_gb, finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr,
+    ).validate()
+
+
+def run(args: argparse.Namespace) -> Path:
+    from llmshearing.convert import load_model
+    from llmshearing.data.calibration import calibration_batches
+    from llmshearing.prune.cli import load_output_tokenizer
+    from llmshearing.surgeon.export import export_result
+    from llmshearing.surgeon.shots import run_surgeon
+    from llmshearing.training import resolve_model_path
+
+    settings = settings_from_args(args)
+    started = time.perf_counter()
+    batches = calibration_batches(args.data, args.calib_samples, args.seq_len, args.batch_size, args.seed)
+    args.model = resolve_model_path(args.model)
+    model = load_model(args.model).model.to(args.device).eval()
+    tokenizer = load_output_tokenizer(args)
+    surgeon_run = run_surgeon(model, batches, settings)
+    return export_result(model, surgeon_run, settings, args.out, tokenizer, started_at=started,
+                         calibration={"data": str(args.data), "samples": args.calib_samples,
+                                      "seq_len": int(batches[0].shape[1]), "seed": args.seed})

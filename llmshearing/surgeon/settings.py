@@ -1,0 +1,68 @@
+"""What an LLM Surgeon run does, checked before any model or data is loaded."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+from llmshearing.errors import ConfigError
+from llmshearing.surgeon.sparse import TWO_FOUR, UNSTRUCTURED
+from llmshearing.surgeon.units import ATTENTION_UNITS, HEAD
+
+STRUCTURED = "structured"
+MODES = (STRUCTURED, TWO_FOUR, UNSTRUCTURED)
+CURVATURE, MAGNITUDE = "curvature", "magnitude"
+SCORINGS = (CURVATURE, MAGNITUDE)
+TWO_FOUR_DENSITY = 0.5
+
+
+@dataclass
+class SurgeonSettings:
+    mode: str = STRUCTURED
+    density: Optional[float] = None  # fraction of the layers' projection weights kept; 2:4 implies 0.5
+    shots: int = 1
+    uniform: bool = False  # structured: the same sizes in every layer (a plain LLaMA config)
+    attention_unit: str = HEAD
+    scoring: str = CURVATURE  # magnitude: F = I ⊗ I, the baseline
+    damping: float = 0.01
+    factor_memory_gb: Optional[float] = None
+    finetune_steps: int = 0
+    finetune_lr: float = 1e-5
+    progress: bool = True
+
+    def validate(self) -> "SurgeonSettings":
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.density is None:
+            if self.mode != TWO_FOUR:
+                raise ConfigError(f"--mode {self.mode} needs --density (the fraction of weights kept, in (0, 1])")
+            self.density = TWO_FOUR_DENSITY
+        if not 0.0 < self.density <= 1.0:
+            raise ConfigError(f"--density must be in (0, 1], got {self.density}")
+        if self.mode == TWO_FOUR and self.density != TWO_FOUR_DENSITY:
+            raise ConfigError(f"--mode 2:4 keeps exactly half of the weights: --density must be 0.5 "
+                              f"(or left out), got {self.density}")
+        if self.mode == STRUCTURED and not self.uniform:
+            raise ConfigError("non-uniform structured pruning (per-layer sizes) is not implemented yet; "
+                              "add --uniform for the same sizes in every layer (a plain LLaMA config)")
+        if self.attention_unit not in ATTENTION_UNITS:
+            raise ConfigError(f"--attention-unit must be one of {', '.join(ATTENTION_UNITS)}, got {self.attention_unit!r}")
+        if self.scoring not in SCORINGS:
+            raise ConfigError(f"--scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
+        _at_least("--shots", self.shots, 1)
+        _at_least("--finetune-steps", self.finetune_steps, 0)
+        if self.damping <= 0:
+            raise ConfigError(f"--damping must be positive, got {self.damping}")
+        if self.finetune_lr <= 0:
+            raise ConfigError(f"--finetune-lr must be positive, got {self.finetune_lr}")
+        if self.factor_memory_gb is not None and self.factor_memory_gb <= 0:
+            raise ConfigError(f"--factor-memory-gb must be positive, got {self.factor_memory_gb}")
+        return self
+
+    def schedule(self) -> List[float]:
+        """Target density after each shot: linear from 1 to ``density``."""
+        return [1.0 - (1.0 - self.density) * shot / self.shots for shot in range(1, self.shots + 1)]
+
+
+def _at_least(option: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{option} must be at least {low}, got {value}")

@@ -1,0 +1,240 @@
+"""LLM Surgeon on tiny models: K-FAC estimation, selection, slicing, export, CLI and bad input."""
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmshearing.convert import export_hf, load_model
+from llmshearing.errors import ShapeError
+from llmshearing.plan import PruningPlan
+from llmshearing.prune.cli import main
+from llmshearing.slicing import slice_model
+from llmshearing.surgeon.export import pruned_model
+from llmshearing.surgeon.kfac import PROJECTIONS, SHARED_INPUT, estimate_factors
+from llmshearing.surgeon.memory import FactorBudget, factor_bytes_per_layer
+from llmshearing.surgeon.report import REPORT_FILE
+from llmshearing.surgeon.semi_structured import to_semi_structured, two_zeros_in_every_four
+from llmshearing.surgeon.settings import SurgeonSettings
+from llmshearing.surgeon.shots import run_surgeon
+from tests.helpers import tiny_model
+
+SHAPE = dict(hidden_size=48, intermediate_size=40, num_attention_heads=6, num_key_value_heads=2, head_dim=8)
+TOKENS = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(1))
+
+
+def batches(count=3, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 97, (4, 16), generator=generator) for _ in range(count)]
+
+
+def pruned(mode, density=None, **settings):
+    model = tiny_model(**{**SHAPE, **settings.pop("shape", {})})
+    config = SurgeonSettings(mode=mode, density=density, progress=False, **settings)
+    run = run_surgeon(model, batches(), config, say=lambda message: None)
+    return model, run, config
+
+
+def projection_weights(model):
+    return [layer.get_submodule(name).weight for layer in model.model.layers for name in PROJECTIONS]
+
+
+# ---- K-FAC factors --------------------------------------------------------------------------------
+def direct_factors(model, data, index, name):
+    """A and G of one projection by plain autograd: inputs and retained output gradients."""
+    inputs, outputs = [], []
+    module = model.model.layers[index].get_submodule(name)
+
+    def keep(module, args, out):
+        inputs.append(args[0])
+        outputs.append(out)
+        out.retain_grad()
+
+    handle = module.register_forward_hook(keep)
+    tokens = 0
+    for batch in data:
+        logits = model(batch)[:, :-1]
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum").backward()
+        tokens += batch.numel()
+    handle.remove()
+    model.zero_grad(set_to_none=True)
+    a = torch.cat([x.reshape(-1, x.shape[-1]) for x in inputs])
+    g = torch.cat([y.grad.reshape(-1, y.shape[-1]) for y in outputs])
+    return a.t() @ a / tokens, g.t() @ g / tokens
+
+
+def test_kfac_factors_equal_the_direct_computation_whatever_the_block():
+    model, data = tiny_model(**SHAPE), batches()
+    alone = estimate_factors(model, data, [1])[1]
+    together = estimate_factors(model, data, [0, 1, 2])[1]
+    for name in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"):
+        A, G = direct_factors(model, data, 1, name)
+        owner = SHARED_INPUT.get(name, name)
+        for factors in (alone, together):
+            assert torch.allclose(factors.A[owner], A, rtol=1e-4, atol=1e-6)
+            assert torch.allclose(factors.G[name], G, rtol=1e-4, atol=1e-7)
+    assert all(p.requires_grad for p in model.parameters())  # flags restored
+
+
+def test_factor_memory_estimate_counts_every_factor_and_its_inverse():
+    model = tiny_model(**SHAPE)
+    factors = estimate_factors(model, batches(1), [0])[0]
+    elements = sum(t.numel() for t in [*factors.A.values(), *factors.G.values()])
+    assert factor_bytes_per_layer(model.config) == 2 * 4 * elements
+
+
+def test_layers_are_split_into_blocks_that_fit_the_budget():
+    budget = FactorBudget(per_layer=10, layers=5, budget=25, available=100)
+    assert budget.blocks(list(range(5))) == [[0, 1], [2, 3], [4]]
+    assert "3 curvature pass" in budget.describe() and budget.warning() is None
+    assert "out-of-memory" in FactorBudget(per_layer=10, layers=5, budget=25, available=5).warning()
+
+
+# ---- structured -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("unit,shape", [("head", {}), ("kv-group", {}), ("head", dict(num_key_value_heads=6))])
+def test_structured_slicing_equals_masking(unit, shape):
+    model, run, settings = pruned("structured", 0.6, uniform=True, attention_unit=unit, shots=2, shape=shape)
+    plan, sliced = pruned_model(model, run, settings)
+    assert sliced.num_parameters() < model.num_parameters()
+    masked = model(TOKENS)  # removed rows/columns hold zeros in the source-shaped model
+    assert (masked - sliced(TOKENS)).abs().max().item() <= 1e-4
+    assert (model(TOKENS, plan.to_masks()) - masked).abs().max().item() <= 1e-4
+    assert abs(run.shots[-1].density - 0.6) < 0.1
+    assert [shot.density for shot in run.shots] == sorted((shot.density for shot in run.shots), reverse=True)
+
+
+def test_the_plan_with_replacement_weights_reslices_the_source(tmp_path):
+    source = tiny_model(**SHAPE)
+    model, run, settings = pruned("structured", 0.7, uniform=True)
+    plan, sliced = pruned_model(model, run, settings)
+    loaded = PruningPlan.load(plan.save(tmp_path))
+    assert set(loaded.replacement_weights) == set(plan.replacement_weights)
+    assert torch.allclose(slice_model(source, loaded)(TOKENS), sliced(TOKENS), atol=1e-5)
+    assert torch.equal(source.model.layers[0].mlp.down_proj.weight, tiny_model(**SHAPE).model.layers[0].mlp.down_proj.weight)
+
+
+def test_fine_tuning_between_shots_keeps_removed_units_at_zero():
+    model, run, settings = pruned("structured", 0.6, uniform=True, shots=3, finetune_steps=2, finetune_lr=1e-3)
+    assert [shot.finetune_loss is not None for shot in run.shots] == [True, True, False]
+    plan, sliced = pruned_model(model, run, settings)
+    assert (model(TOKENS) - sliced(TOKENS)).abs().max().item() <= 1e-4
+
+
+def test_a_small_factor_budget_estimates_one_layer_at_a_time(monkeypatch):
+    import llmshearing.surgeon.shots as shots
+
+    blocks = []
+    original = shots.estimate_factors
+    monkeypatch.setattr(shots, "estimate_factors", lambda model, data, layers, progress: (
+        blocks.append(list(layers)), original(model, data, layers))[1])
+    model, run, settings = pruned("structured", 0.7, uniform=True, factor_memory_gb=1e-9)
+    assert blocks == [[0], [1], [2]] * 2  # costs, then estimated again for the updates
+    assert "1 layers per block" in run.factor_memory
+
+
+# ---- 2:4 and unstructured ------------------------------------------------------------------------
+def test_two_four_leaves_exactly_two_zeros_in_every_group_of_four():
+    model, run, _ = pruned("2:4", shots=2)
+    for weight in projection_weights(model):
+        assert torch.equal((weight.reshape(-1, 4) == 0).sum(1), torch.full((weight.numel() // 4,), 2))
+        assert two_zeros_in_every_four(weight)
+    assert run.shots[-1].density == 0.5
+
+
+def test_unstructured_density_is_exact():
+    model, run, _ = pruned("unstructured", 0.37, shots=2)
+    weights = projection_weights(model)
+    total = sum(w.numel() for w in weights)
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    assert zeros == round(0.63 * total)
+    assert run.shots[-1].density == pytest.approx(1 - zeros / total, abs=1e-12)
+
+
+def test_semi_structured_conversion_needs_a_gpu():
+    from llmshearing.errors import ConfigError
+
+    model, _, _ = pruned("2:4", scoring="magnitude")
+    with pytest.raises(ConfigError, match="CUDA"):
+        to_semi_structured(model)
+
+
+def test_two_four_needs_input_sizes_divisible_by_four():
+    with pytest.raises(ShapeError, match="divisible by 4"):
+        pruned("2:4", shape=dict(hidden_size=46))
+
+
+@pytest.mark.gpu
+def test_semi_structured_model_computes_the_dense_model_logits():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model, _, _ = pruned("2:4", scoring="magnitude", shape=dict(
+        hidden_size=128, intermediate_size=256, num_attention_heads=2, num_key_value_heads=2, head_dim=64))
+    model = model.to("cuda", torch.float16)
+    tokens = torch.randint(0, 97, (2, 32), device="cuda")
+    dense = model(tokens)
+    assert to_semi_structured(model) == 7 * model.config.num_hidden_layers
+    assert torch.allclose(model(tokens), dense, atol=5e-2, rtol=1e-2)
+
+
+# ---- the command line -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_hf_dir(tmp_path_factory):
+    """A tiny HF model with the sample corpus's vocabulary."""
+    model = tiny_model(vocab_size=49152, **SHAPE)
+    return export_hf(model, tmp_path_factory.mktemp("tiny") / "hf")
+
+
+def surgeon(tiny_hf_dir, corpus, out, *options):
+    return main(["surgeon", "--model", str(tiny_hf_dir), "--data", str(corpus), "--out", str(out),
+                 "--calib-samples", "8", "--seq-len", "32", "--batch-size", "4", *options])
+
+
+def test_cli_structured_exports_a_smaller_model_that_transformers_loads(tiny_hf_dir, sample_corpus, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "pruned"
+    assert surgeon(tiny_hf_dir, sample_corpus, out, "--mode", "structured", "--uniform", "--density", "0.7",
+                   "--shots", "2") == 0
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert len(report["layers"]) == 3 and abs(report["density"] - 0.7) < 0.05
+    assert report["parameters"]["result"] < report["parameters"]["source"]
+    hf = AutoModelForCausalLM.from_pretrained(out).eval()
+    ours = load_model(out).model
+    assert hf.config.intermediate_size == report["result_shape"]["intermediate_size"] < SHAPE["intermediate_size"]
+    with torch.no_grad():
+        assert (hf(TOKENS).logits - ours(TOKENS)).abs().max().item() <= 1e-4
+    assert PruningPlan.load(out).replacement_weights
+
+
+@pytest.mark.parametrize("options,density", [(("--mode", "2:4"), 0.5),
+                                             (("--mode", "unstructured", "--density", "0.5"), 0.5)])
+def test_cli_sparse_modes_export_dense_weights_with_zeros(tiny_hf_dir, sample_corpus, tmp_path, options, density):
+    out = tmp_path / "pruned"
+    assert surgeon(tiny_hf_dir, sample_corpus, out, *options) == 0
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert report["density"] == density
+    assert report["parameters"]["nonzero"] < report["parameters"]["result"] == report["parameters"]["source"]
+    weights = projection_weights(load_model(out).model)
+    assert sum(int((w == 0).sum()) for w in weights) == round(density * sum(w.numel() for w in weights))
+
+
+@pytest.mark.parametrize("options,message", [
+    (("--density", "0"), "must be in (0, 1]"),
+    (("--density", "1.5"), "must be in (0, 1]"),
+    (("--mode", "2:4", "--density", "0.7"), "density must be 0.5"),
+    (("--mode", "unstructured"), "needs --density"),
+    (("--density", "0.7"), "add --uniform"),
+    (("--uniform", "--density", "0.7", "--shots", "0"), "--shots must be at least 1"),
+])
+def test_bad_settings_are_one_line_errors(tiny_hf_dir, sample_corpus, tmp_path, capsys, options, message):
+    assert surgeon(tiny_hf_dir, sample_corpus, tmp_path / "out", *options) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_calibration_data_is_a_one_line_error(tiny_hf_dir, tmp_path, capsys):
+    assert surgeon(tiny_hf_dir, tmp_path / "no_corpus", tmp_path / "out", "--uniform", "--density", "0.7") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "no_corpus" in err

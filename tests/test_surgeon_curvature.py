@@ -1,0 +1,160 @@
+"""OBS costs and correlated updates against the Kronecker quadratic model ½ vec(ΔW)ᵀ (G ⊗ A) vec(ΔW)."""
+import pytest
+import torch
+
+from llmshearing.surgeon.curvature import IdentityCurvature, KroneckerCurvature, block_indices, quadratic_loss
+
+OUT, IN = 12, 10
+
+
+def spd(n, seed):
+    x = torch.randn(3 * n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return x.t() @ x / (3 * n)
+
+
+@pytest.fixture
+def problem():
+    weight = torch.randn(OUT, IN, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    curvature = KroneckerCurvature.from_raw(spd(IN, 1), spd(OUT, 2), dtype=torch.float64)  # fp64: identities to rounding
+    return weight, curvature
+
+
+def kron_loss(delta, curvature):
+    """The quadratic model written with an explicit Kronecker product (row-major vec)."""
+    v = delta.reshape(-1)
+    return 0.5 * v @ torch.kron(curvature.G, curvature.A) @ v
+
+
+def removed_rows(weight, curvature, rows):
+    updated = weight.clone()
+    curvature.remove_rows(updated, rows)
+    return updated
+
+
+def test_quadratic_loss_is_the_kronecker_form(problem):
+    weight, curvature = problem
+    delta = torch.randn(OUT, IN, dtype=torch.float64)
+    assert quadratic_loss(delta, curvature.A, curvature.G).double() == pytest.approx(float(kron_loss(delta, curvature)))
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_row_cost_equals_the_loss_of_the_optimal_update(problem, size):
+    weight, curvature = problem
+    costs = curvature.row_costs(weight, size)
+    assert costs.shape == (OUT // size,)
+    for block in range(OUT // size):
+        updated = removed_rows(weight, curvature, block_indices([block], size))
+        assert torch.all(updated[block * size:(block + 1) * size] == 0)
+        assert float(kron_loss(updated - weight, curvature)) == pytest.approx(float(costs[block]), rel=1e-9)
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_column_cost_equals_the_loss_of_the_optimal_update(problem, size):
+    weight, curvature = problem
+    costs = curvature.column_costs(weight, size)
+    assert costs.shape == (IN // size,)
+    for block in range(IN // size):
+        updated = weight.clone()
+        curvature.remove_columns(updated, block_indices([block], size))
+        assert torch.all(updated[:, block * size:(block + 1) * size] == 0)
+        assert float(kron_loss(updated - weight, curvature)) == pytest.approx(float(costs[block]), rel=1e-9)
+
+
+def test_single_weight_cost_equals_the_loss_of_its_obs_update(problem):
+    weight, curvature = problem
+    costs = curvature.weight_costs(weight)
+    for i, j in [(0, 0), (3, 7), (11, 9)]:
+        scale = weight[i, j] / (curvature.G_inv[i, i] * curvature.A_inv[j, j])
+        delta = -scale * torch.outer(curvature.G_inv[:, i], curvature.A_inv[j])
+        assert float(delta[i, j]) == pytest.approx(-float(weight[i, j]))
+        assert float(kron_loss(delta, curvature)) == pytest.approx(float(costs[i, j]), rel=1e-9)
+
+
+def random_mask(seed, fraction=0.5):
+    return torch.rand(OUT, IN, generator=torch.Generator().manual_seed(seed)) < fraction
+
+
+def row_loss(delta, curvature):
+    """½ Σ_i Δw_i A Δw_iᵀ: the Kronecker model with rows that do not update each other (G → I)."""
+    return 0.5 * torch.einsum("ij,jk,ik->", delta, curvature.A, delta)
+
+
+def test_weight_removal_with_shared_columns_is_the_column_update(problem):
+    weight, curvature = problem
+    cols = torch.tensor([1, 6, 7])
+    removed = torch.zeros(OUT, IN, dtype=torch.bool)
+    removed[:, cols] = True
+    by_weights, by_columns = weight.clone(), weight.clone()
+    curvature.remove_weights(by_weights, removed)
+    curvature.remove_columns(by_columns, cols)
+    assert torch.allclose(by_weights, by_columns, atol=1e-12)
+
+
+def test_weight_removal_is_the_optimal_update_of_each_row(problem):
+    weight, curvature = problem
+    removed = random_mask(3)
+    updated = weight.clone()
+    curvature.remove_weights(updated, removed)
+    assert torch.all(updated[removed] == 0)
+    best = float(row_loss(updated - weight, curvature))
+    zeroed = torch.where(removed, torch.zeros_like(weight), weight)
+    assert best < 0.9 * float(row_loss(zeroed - weight, curvature))
+    generator = torch.Generator().manual_seed(4)
+    for _ in range(5):
+        other = updated + 0.01 * torch.randn(OUT, IN, generator=generator, dtype=torch.float64) * ~removed
+        assert float(row_loss(other - weight, curvature)) > best
+
+
+def test_weight_removal_in_small_chunks_gives_the_same_update(problem, monkeypatch):
+    import llmshearing.surgeon.curvature as module
+
+    weight, curvature = problem
+    removed = random_mask(5, fraction=0.3)
+    whole, chunked = weight.clone(), weight.clone()
+    curvature.remove_weights(whole, removed)
+    monkeypatch.setattr(module, "_SOLVE_ELEMENTS", 1)
+    curvature.remove_weights(chunked, removed)
+    assert torch.allclose(whole, chunked, atol=1e-12)
+
+
+def test_correlated_update_beats_removal_without_update(problem):
+    weight, curvature = problem
+    rows = torch.tensor([1, 4, 5, 9])
+    cols = torch.tensor([0, 2, 3])
+    zeroed = weight.clone()
+    zeroed[rows] = 0
+    updated = removed_rows(weight, curvature, rows)
+    assert kron_loss(updated - weight, curvature) < 0.9 * kron_loss(zeroed - weight, curvature)
+    zeroed = weight.clone()
+    zeroed[:, cols] = 0
+    updated = weight.clone()
+    curvature.remove_columns(updated, cols)
+    assert kron_loss(updated - weight, curvature) < 0.9 * kron_loss(zeroed - weight, curvature)
+
+
+def test_joint_removal_is_optimal_among_updates_that_remove_the_rows(problem):
+    weight, curvature = problem
+    rows = torch.tensor([2, 3, 8])
+    best = float(kron_loss(removed_rows(weight, curvature, rows) - weight, curvature))
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(5):  # any other change of the kept rows is worse
+        other = removed_rows(weight, curvature, rows)
+        kept = torch.ones(OUT, dtype=torch.bool)
+        kept[rows] = False
+        other[kept] += 0.01 * torch.randn(int(kept.sum()), IN, generator=generator, dtype=torch.float64)
+        assert float(kron_loss(other - weight, curvature)) > best
+
+
+def test_identity_curvature_is_magnitude_without_update():
+    weight = torch.randn(6, 4)
+    identity = IdentityCurvature()
+    assert torch.allclose(identity.row_costs(weight, 2), 0.5 * weight.pow(2).view(3, 8).sum(1))
+    assert torch.allclose(identity.column_costs(weight, 2), 0.5 * weight.pow(2).t().reshape(2, 12).sum(1))
+    updated = weight.clone()
+    identity.remove_rows(updated, torch.tensor([1]))
+    assert torch.equal(updated[0], weight[0]) and torch.all(updated[1] == 0)
+
+
+def test_an_all_zero_factor_stays_invertible():
+    curvature = KroneckerCurvature.from_raw(torch.zeros(4, 4), torch.eye(3))
+    assert torch.isfinite(curvature.A_inv).all()
