@@ -114,44 +114,38 @@ class KroneckerCurvature:
         weight[:, cols] = 0
 
     def remove_weights(self, weight: torch.Tensor, removed: torch.Tensor) -> None:
-        """Row-wise correlated update: in row i the removed weights Q_i go to zero and the rest of the
-        row changes by −w_{i,Q} ([A⁻¹]_QQ)⁻¹ A⁻¹[Q, :], the column update applied to each row alone.
+        """Sequential OBS over the input columns with A (rows do not update each other): column by
+        column, each removed weight goes to zero and moves the not yet visited weights of its row
+        by the OBS update for them, read off the upper Cholesky factor U of A⁻¹ (A⁻¹ = Uᵀ U).
 
-        This is the exact optimum of the Kronecker model when rows do not update each other
-        (F ≈ diag(G) ⊗ A; a row's G scale cancels). Summing independent single-weight OBS updates
-        instead, ΔW = −G⁻¹ ((W ⊘ [g aᵀ]) ⊙ E) A⁻¹, ignores the interaction of the removed weights
-        and overshoots badly at 50 % sparsity (SmolLM2-135M, unstructured 0.5: perplexity 329 with
-        it vs 128 with no update at all).
+        With F ≈ diag(G) ⊗ A (a row's G scale cancels) this is the exact optimum whenever the removed
+        weights of a row come before its kept ones; in general the weights already visited stay put.
+        The exact row-wise optimum needs a |Q_i| × |Q_i| solve per row (about half an hour per
+        model on a 2-core CPU for SmolLM2-135M at 50 %); this costs O(in³ + out·in²) per matrix.
+        Summing independent single-weight OBS updates instead, −G⁻¹ ((W ⊘ [g aᵀ]) ⊙ E) A⁻¹, ignores
+        how the removed weights interact and overshoots (SmolLM2-135M, unstructured 0.5, 2k
+        calibration tokens: perplexity 329 with it, 128 with no update at all).
         """
-        counts = removed.sum(1)
-        rows = counts.nonzero().squeeze(1)
-        if rows.numel() == 0:
+        if not bool(removed.any()):
             return
-        w = self._cast(weight).clone()
-        width = int(counts.max())
-        chunk = max(1, _SOLVE_ELEMENTS // (width * width))
-        for start in range(0, rows.numel(), chunk):
-            index = rows[start:start + chunk]
-            w[index] += _row_updates(w[index], removed[index], counts[index], width, self.A_inv)
-        w[removed] = 0
-        weight.copy_(w)
+        upper = torch.linalg.cholesky(self.A_inv, upper=True)
+        columns = self._cast(weight).t().contiguous()  # one contiguous row per input column: fast slices
+        mask = removed.t().to(columns.dtype).contiguous()
+        n = columns.shape[0]
+        for start in range(0, n, _COLUMN_BLOCK):
+            end = min(start + _COLUMN_BLOCK, n)
+            block, corner = columns[start:end].clone(), upper[start:end, start:end]
+            errors = torch.zeros_like(block)
+            for k in range(end - start):
+                error = torch.mul(block[k], mask[start + k], out=errors[k]).div_(corner[k, k])
+                block[k:].addr_(corner[k, k:], error, alpha=-1)
+            columns[start:end] = block
+            columns[end:].addmm_(upper[start:end, end:].t(), errors, alpha=-1)  # the block's effect on later columns
+        weight.copy_(columns.t())
+        weight[removed] = 0
 
 
-_SOLVE_ELEMENTS = 1 << 24  # batched systems solved at once (memory: 64 MB in fp32)
-
-
-def _row_updates(w: torch.Tensor, removed: torch.Tensor, counts: torch.Tensor, width: int,
-                 A_inv: torch.Tensor) -> torch.Tensor:
-    """Updates of a chunk of rows, each with its own removed set padded to ``width``: padding slots
-    solve an identity row against a zero right-hand side, so they contribute nothing."""
-    columns = removed.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :width]  # removed first
-    valid = torch.arange(width, device=w.device)[None, :] < counts[:, None]
-    both = valid[:, :, None] & valid[:, None, :]
-    system = torch.where(both, A_inv[columns[:, :, None], columns[:, None, :]],
-                         torch.eye(width, dtype=A_inv.dtype, device=w.device))
-    rhs = torch.where(valid, w.gather(1, columns), torch.zeros((), dtype=w.dtype, device=w.device))
-    solution = torch.linalg.solve(system, rhs.unsqueeze(-1))  # [rows, width, 1]
-    return -(solution.transpose(1, 2) @ A_inv[columns]).squeeze(1)
+_COLUMN_BLOCK = 128  # columns updated one by one before their effect on the rest is applied in one product
 
 
 class IdentityCurvature:
