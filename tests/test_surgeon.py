@@ -1,5 +1,4 @@
 """LLM Surgeon on tiny models: K-FAC estimation, selection, slicing, export, CLI and bad input."""
-import copy
 import json
 
 import pytest
@@ -174,7 +173,7 @@ def test_semi_structured_model_computes_the_dense_model_logits():
     tokens = torch.randint(0, 97, (2, 32), device="cuda")
     dense = model(tokens)
     assert to_semi_structured(model) == 7 * model.config.num_hidden_layers
-    assert torch.allclose(model(tokens), dense, atol=5e-2, rtol=1e-2)
+    assert ((model(tokens) - dense).abs().max() / dense.abs().max()).item() < 1e-2  # fp16 kernels differ a little
 
 
 # ---- the command line -----------------------------------------------------------------------------
@@ -238,3 +237,22 @@ def test_missing_calibration_data_is_a_one_line_error(tiny_hf_dir, tmp_path, cap
     assert surgeon(tiny_hf_dir, tmp_path / "no_corpus", tmp_path / "out", "--uniform", "--density", "0.7") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "no_corpus" in err
+
+
+@pytest.mark.slow
+def test_cli_prunes_smollm2_structured_into_a_smaller_working_model(sample_corpus, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from llmshearing.assets import smollm2_gguf_path
+    from llmshearing.eval import evaluate_domains
+
+    out = tmp_path / "smollm2"
+    assert main(["surgeon", "--model", str(smollm2_gguf_path()), "--data", str(sample_corpus), "--out", str(out),
+                 "--calib-samples", "8", "--seq-len", "64", "--mode", "structured", "--uniform",
+                 "--density", "0.9", "--damping", "0.1"]) == 0
+    hf = AutoModelForCausalLM.from_pretrained(out)
+    assert hf.config.intermediate_size < 1536 and hf.config.num_key_value_heads == 3
+    pruned = load_model(out).model
+    dense = load_model(smollm2_gguf_path()).model
+    kwargs = dict(domains=["code", "prose"], batch_size=4, max_batches=1)
+    assert evaluate_domains(pruned, sample_corpus, **kwargs)["all"].loss < evaluate_domains(dense, sample_corpus, **kwargs)["all"].loss + 1.0
