@@ -4,10 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 CONSTRAINTS := requirements/constraints.txt
 DEMO_DIR ?= demo_out
 
-.PHONY: venv test test-fast demo clean-demo
+.PHONY: venv test-deps test test-fast demo clean-demo
 
 venv: $(STAMP)
 
@@ -24,10 +25,18 @@ $(STAMP): setup.py requirements/constraints.txt requirements/runtime.txt require
 	$(PY) -c "import torch, composer, streaming, transformers; print('torch', torch.__version__, 'composer', composer.__version__, 'transformers', transformers.__version__)"
 	touch $(STAMP)
 
-test: venv
+# test-only packages (lm-eval), under the same constraints so torch/transformers stay where they are
+test-deps: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP) requirements/test.txt
+	$(PIP) install -q -c $(CONSTRAINTS) -r requirements/test.txt
+	$(PY) -c "import importlib.metadata as m, torch; print('torch', torch.__version__, 'lm_eval', m.version('lm_eval'))"
+	touch $(TEST_STAMP)
+
+test: test-deps
 	$(PY) -m pytest -q tests
 
-test-fast: venv
+test-fast: test-deps
 	$(PY) -m pytest -q -m "not slow" tests
 
 demo: venv

@@ -1,12 +1,13 @@
 """LLM Surgeon on SmolLM2-135M: per-domain eval perplexity vs the magnitude baseline, one shot vs
 multi-shot, with wall time and peak memory of each pruning run.
 
-    python benchmarks/surgeon_smollm2.py --data .cache/test_corpus                     # CPU-sized (~10 min)
+    python benchmarks/surgeon_smollm2.py --data .cache/test_corpus                     # CPU-sized (~12 min on 2 cores)
     python benchmarks/surgeon_smollm2.py --data DIR --device cuda --calib-samples 128 --shots 8 --eval-batches 20
 
-Every run starts from the same source weights. Runs: magnitude (F = I ⊗ I, one shot, no weight
-update), surgeon one shot, surgeon multi-shot; for each pruning target in --targets. Structured
-targets are uniform (a plain LLaMA config) and are evaluated after slicing. The source's curvature
+Every run starts from the same source weights. Runs (--runs): magnitude (F = I ⊗ I, one shot, no
+weight update), surgeon one shot, surgeon multi-shot, for each pruning target in --targets; for
+structured targets also surgeon one shot / multi-shot with per-layer sizes. Structured runs are
+evaluated after slicing (uniform: a plain LLaMA config; per-layer: each layer its own sizes). The source's curvature
 is estimated once and reused for every first shot; its time is added to each surgeon run's time,
 and a run's peak memory is the larger of its own and that estimation's, so each reads as if the run
 were alone. Prints a Markdown table and writes
@@ -72,6 +73,16 @@ class PeakMemory:
         self.megabytes = (self.peak - self.start) / MB
 
 
+# run name → (scoring, multi-shot, uniform); per-layer runs apply to structured targets only
+RUNS = {
+    "magnitude": ("magnitude", False, True),
+    "oneshot": ("curvature", False, True),
+    "multishot": ("curvature", True, True),
+    "oneshot-per-layer": ("curvature", False, False),
+    "multishot-per-layer": ("curvature", True, False),
+}
+
+
 def parse_targets(text: str):
     targets = []
     for item in text.split(","):
@@ -107,10 +118,22 @@ def prune_and_evaluate(source, batches, settings: SurgeonSettings, args, device,
         peak = max(peak, reuse.megabytes)
     scores = evaluate_domains(result, args.data, batch_size=args.batch_size, max_batches=args.eval_batches)
     return {"mode": settings.mode, "target_density": settings.density, "scoring": settings.scoring,
-            "shots": settings.shots, "density": run.shots[-1].density, "seconds": seconds,
-            "peak_memory_mb": peak, "parameters": result.num_parameters(),
-            "shape": [result.config.num_attention_heads, result.config.intermediate_size],
+            "shots": settings.shots, "uniform": settings.uniform, "density": run.shots[-1].density,
+            "seconds": seconds, "peak_memory_mb": peak, "parameters": result.num_parameters(),
+            "shape": layer_sizes(result.config),
             "perplexity": {domain: r.perplexity for domain, r in scores.items()}}
+
+
+def layer_sizes(config):
+    """Query heads and MLP neurons of every layer."""
+    layers = [config.layer_config(i) for i in range(config.num_hidden_layers)]
+    return {"heads": [c.num_attention_heads for c in layers], "mlp": [c.intermediate_size for c in layers]}
+
+
+def describe_shape(shape) -> str:
+    def span(values):
+        return str(values[0]) if min(values) == max(values) else f"{min(values)}–{max(values)}"
+    return f" ({span(shape['heads'])} heads, {span(shape['mlp'])} MLP)"
 
 
 def table(rows, domains) -> str:
@@ -119,7 +142,8 @@ def table(rows, domains) -> str:
     for row in rows:
         method = row.get("scoring", "-")
         method = "surgeon" if method == "curvature" else method
-        shape = f" ({row['shape'][0]} heads, {row['shape'][1]} MLP)" if row["mode"] == "structured" else ""
+        method += " per-layer" if not row.get("uniform", True) else ""
+        shape = describe_shape(row["shape"]) if row["mode"] == "structured" else ""
         cells = [row["mode"], str(row["target_density"]), method + shape, str(row["shots"]), f"{row['density']:.3f}",
                  *(f"{row['perplexity'][d]:.2f}" for d in domains), f"{row['seconds']:.0f}", f"{row['peak_memory_mb']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -134,6 +158,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--shots", type=int, default=3, help="shots of the multi-shot runs")
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"which runs, of {', '.join(RUNS)}")
     parser.add_argument("--damping", type=float, default=0.01)
     parser.add_argument("--eval-batches", type=int, default=1, help="eval batches per domain")
     parser.add_argument("--device", default="cpu")
@@ -147,13 +172,16 @@ def main(argv=None) -> int:
     domains = list(dense)
     rows = [{"mode": "dense", "target_density": 1.0, "scoring": "-", "shots": 0, "density": 1.0, "seconds": 0.0,
              "peak_memory_mb": 0.0, "parameters": source.num_parameters(),
-             "shape": [source.config.num_attention_heads, source.config.intermediate_size],
+             "shape": layer_sizes(source.config),
              "perplexity": {d: r.perplexity for d, r in dense.items()}}]
     shared = SourceCurvature(source, batches, args, device)
+    runs = [RUNS[name] for name in args.runs.split(",")]
     for mode, density in parse_targets(args.targets):
-        common = dict(mode=mode, density=density, uniform=True, damping=args.damping, progress=False)
-        for scoring, shots in (("magnitude", 1), ("curvature", 1), ("curvature", args.shots)):
-            settings = SurgeonSettings(scoring=scoring, shots=shots, **common)
+        for scoring, multi_shot, uniform in runs:
+            if not uniform and mode != "structured":
+                continue
+            settings = SurgeonSettings(mode=mode, density=density, scoring=scoring, uniform=uniform,
+                                       shots=args.shots if multi_shot else 1, damping=args.damping, progress=False)
             rows.append(prune_and_evaluate(source, batches, settings, args, device, shared))
             print(table(rows[-1:], domains).splitlines()[-1], flush=True)
     print(f"\nsource curvature (shared by the first shots): {shared.seconds:.0f} s, {shared.megabytes:.0f} MB")

@@ -49,6 +49,7 @@ class PruningPlan:
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def identity(cls, config: LlamaConfig, method: str = "identity") -> "PruningPlan":
+        config.require_uniform("pruning")
         layers = [
             LayerPlan(
                 source_index=i,
@@ -65,39 +66,43 @@ class PruningPlan:
         return LlamaConfig.from_dict(self.source_config)
 
     # ---- shape ---------------------------------------------------------------------------
-    def target_shape(self) -> TargetShape:
-        """The uniform shape this plan produces; ShapeError if layers differ."""
+    def layer_shapes(self) -> List[TargetShape]:
+        """The shape of each kept layer (hidden size and depth are the same in all of them)."""
         if not self.layers:
             raise ShapeError("the pruning plan keeps no layers")
-        first = self.layers[0]
-        for layer in self.layers[1:]:
-            if (len(layer.kept_heads), len(layer.kept_kv_heads), len(layer.kept_neurons)) != (
-                len(first.kept_heads), len(first.kept_kv_heads), len(first.kept_neurons)
-            ):
+        return [TargetShape(hidden_size=len(self.kept_hidden), num_attention_heads=len(layer.kept_heads),
+                            num_key_value_heads=len(layer.kept_kv_heads), num_hidden_layers=len(self.layers),
+                            intermediate_size=len(layer.kept_neurons)) for layer in self.layers]
+
+    def target_shape(self) -> TargetShape:
+        """The uniform shape this plan produces; ShapeError if layers differ."""
+        shapes = self.layer_shapes()
+        for layer, shape in zip(self.layers, shapes):
+            if shape != shapes[0]:
                 raise ShapeError(
                     f"layer {layer.source_index} keeps a different number of heads/neurons than layer "
-                    f"{first.source_index}; a plain LLaMA config needs the same sizes in every layer"
+                    f"{self.layers[0].source_index}; a plain LLaMA config needs the same sizes in every layer"
                 )
-        return TargetShape(
-            hidden_size=len(self.kept_hidden),
-            num_attention_heads=len(first.kept_heads),
-            num_key_value_heads=len(first.kept_kv_heads),
-            num_hidden_layers=len(self.layers),
-            intermediate_size=len(first.kept_neurons),
-        )
+        return shapes[0]
 
     def target_config(self) -> LlamaConfig:
-        return self.target_shape().config_for(self.source)
+        """A plain LLaMA config when every layer keeps the same sizes, else one with per-layer sizes."""
+        shapes = self.layer_shapes()
+        return dataclasses.replace(
+            shapes[0].config_for(self.source),
+            intermediate_sizes=[shape.intermediate_size for shape in shapes],
+            num_attention_heads_per_layer=[shape.num_attention_heads for shape in shapes],
+            num_key_value_heads_per_layer=[shape.num_key_value_heads for shape in shapes],
+        )  # equal lists fold back into the scalar fields (LlamaConfig)
 
     def validate(self) -> None:
         source = self.source
-        shape = self.target_shape()
-        shape.validate_against(source)
         groups = source.query_groups
         _check_indices("hidden channels", self.kept_hidden, source.hidden_size, self.hidden_scale)
         _check_indices("layers", [l.source_index for l in self.layers], source.num_hidden_layers, None)
-        for layer in self.layers:
+        for layer, shape in zip(self.layers, self.layer_shapes()):
             where = f"layer {layer.source_index}"
+            _validate_layer_shape(shape, source, where)
             _check_indices(f"{where} KV heads", layer.kept_kv_heads, source.num_key_value_heads, None)
             _check_indices(f"{where} neurons", layer.kept_neurons, source.intermediate_size, layer.neuron_scale, ordered=True)
             _check_indices(f"{where} heads", layer.kept_heads, source.num_attention_heads, layer.head_scale, ordered=False)
@@ -187,6 +192,13 @@ def _save_tensors(tensors: Dict[str, torch.Tensor], path: Path) -> None:
     save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp))
     tmp.chmod(0o644)  # safetensors writes it private; it sits next to readable model files
     tmp.replace(path)
+
+
+def _validate_layer_shape(shape: TargetShape, source: LlamaConfig, where: str) -> None:
+    try:
+        shape.validate_against(source)
+    except ShapeError as exc:
+        raise ShapeError(f"{where}: {exc}") from exc
 
 
 def _dense(indices, scale, size, dtype) -> torch.Tensor:

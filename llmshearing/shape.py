@@ -100,6 +100,11 @@ def count_parameters(
 
 
 def config_parameters(config: LlamaConfig) -> int:
+    if not config.is_uniform:  # per-layer sizes: each layer counted with its own sizes
+        layers = [config_parameters(dataclasses.replace(config.layer_config(i), num_hidden_layers=1))
+                  for i in range(config.num_hidden_layers)]
+        no_layers = config_parameters(dataclasses.replace(config.layer_config(0), num_hidden_layers=0))
+        return no_layers + sum(layer - no_layers for layer in layers)
     return int(
         count_parameters(
             vocab_size=config.vocab_size,

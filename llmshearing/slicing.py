@@ -1,4 +1,8 @@
-"""slice(model, plan): the one slicer. Returns a dense, smaller LlamaForCausalLM with a valid config."""
+"""slice(model, plan): the one slicer. Returns a dense, smaller LlamaForCausalLM with a valid config.
+
+A plan that keeps the same sizes in every layer gives a plain LLaMA config; otherwise the config
+carries per-layer sizes (``LlamaConfig.intermediate_sizes`` etc.) and each layer is sliced to its own.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -60,6 +64,7 @@ def _replaced_weights(model: LlamaForCausalLM, weights: Optional[Dict[str, torch
 def slice_model(model: LlamaForCausalLM, plan: PruningPlan) -> LlamaForCausalLM:
     plan.validate()
     source = model.config
+    source.require_uniform("slicing")
     if TargetShape.of(source) != TargetShape.of(plan.source) or source.vocab_size != plan.source.vocab_size:
         raise ShapeError(
             f"the pruning plan was made for a model of shape {TargetShape.of(plan.source).to_dict()}, "

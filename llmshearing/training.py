@@ -18,6 +18,7 @@ from composer.optim import (
 from composer.utils import dist, reproducibility
 
 from llmshearing.composer import L0Pruning, MaskSizePlot, StopOnNonFiniteLoss
+from llmshearing.composer.checkpointing import check_checkpoint_to_load, install_atomic_checkpoint_writes
 from llmshearing.config.schema import TrainConfig
 from llmshearing.errors import ConfigError
 from llmshearing.model.composer_model import ComposerLlama
@@ -77,6 +78,18 @@ def check_target(cfg: TrainConfig, model: ComposerLlama) -> None:
     TargetShape.from_mapping(cfg.pruning.target, model.config).validate_against(model.config)
 
 
+def check_parallelism(cfg: TrainConfig) -> None:
+    """FSDP settings that would fail deep inside torch, or recompute every layer twice."""
+    if not cfg.fsdp:
+        return
+    if cfg.device == "cpu" or (cfg.device is None and not torch.cuda.is_available()):
+        raise ConfigError("FSDP needs GPUs (torch's FSDP refuses CPU-only processes): set fsdp=null; "
+                          "`composer -n N train.py ...` then runs N CPU processes with DDP")
+    if cfg.fsdp.get("activation_checkpointing") and cfg.model.gradient_checkpointing:
+        raise ConfigError("model.gradient_checkpointing and fsdp.activation_checkpointing both checkpoint every "
+                          "decoder layer: keep one (model.gradient_checkpointing=false under FSDP)")
+
+
 def build_optimizer(cfg: TrainConfig, model: ComposerLlama) -> torch.optim.Optimizer:
     o = cfg.optimizer
     return DecoupledAdamW(
@@ -126,7 +139,7 @@ def build_data(cfg: TrainConfig, model: ComposerLlama):
     return train, evaluators
 
 
-def save_tokenizer(cfg: TrainConfig) -> None:
+def save_tokenizer(cfg: TrainConfig, vocab_size: int) -> None:
     source = cfg.tokenizer or resolve_model_path(cfg.model.path)
     if not cfg.save_folder or not source or dist.get_global_rank() != 0:
         return
@@ -136,11 +149,18 @@ def save_tokenizer(cfg: TrainConfig) -> None:
 
     target = Path(cfg.save_folder) / "tokenizer"
     if not target.exists():
-        save_tokenizer(load_tokenizer(source), target)
+        tokenizer = load_tokenizer(source)
+        if len(tokenizer) > vocab_size:
+            raise ConfigError(f"the tokenizer {source} has {len(tokenizer)} tokens but the model's vocabulary has "
+                              f"{vocab_size}: give the model's own tokenizer")
+        save_tokenizer(tokenizer, target)
 
 
 def build_callbacks(cfg: TrainConfig, train_loader) -> List:
-    callbacks = [StopOnNonFiniteLoss(cfg.save_folder)]
+    from llmshearing.eval.pooled_callback import PooledEvalMetrics
+
+    # per-domain evaluators + the pooled "all" row, weighted as in python -m llmshearing.eval
+    callbacks = [StopOnNonFiniteLoss(cfg.save_folder), PooledEvalMetrics()]
     if cfg.dynamic_loading is not None:
         from llmshearing.composer.dynamic_setup import dynamic_loading_callback
 
@@ -179,12 +199,15 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         raise ConfigError(f"unknown scheduler '{cfg.scheduler.name}'; choose from {sorted(SCHEDULERS)}")
     if cfg.autoresume and not (cfg.run_name and cfg.save_folder):
         raise ConfigError("autoresume needs run_name and save_folder")
+    check_checkpoint_to_load(cfg)  # a corrupt checkpoint fails now, named, not deep inside torch.load
+    install_atomic_checkpoint_writes()
+    check_parallelism(cfg)
     reproducibility.seed_all(cfg.seed)
     model = build_model(cfg)
     check_target(cfg, model)
     train_loader, evaluators = build_data(cfg, model)
     callbacks = build_callbacks(cfg, train_loader)
-    save_tokenizer(cfg)
+    save_tokenizer(cfg, model.config.vocab_size)
     optimizer = build_optimizer(cfg, model)
     parallelism = {"fsdp": cfg.fsdp} if cfg.fsdp else None
     return Trainer(

@@ -49,3 +49,17 @@ def random_plan(config: LlamaConfig, *, layers: int, kv_heads: int, heads: int, 
         layer.head_scale, layer.neuron_scale = scale(heads), scale(neurons)
         layer.attn_scale, layer.mlp_scale = (rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0)) if scales else (1.0, 1.0)
     return plan
+
+
+def load_benchmark_script(name: str):
+    """Import ``benchmarks/<name>.py`` (not a package) as a module."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

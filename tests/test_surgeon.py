@@ -91,16 +91,29 @@ def test_layers_are_split_into_blocks_that_fit_the_budget():
 
 
 # ---- structured -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("uniform", [True, False])
 @pytest.mark.parametrize("unit,shape", [("head", {}), ("kv-group", {}), ("head", dict(num_key_value_heads=6))])
-def test_structured_slicing_equals_masking(unit, shape):
-    model, run, settings = pruned("structured", 0.6, uniform=True, attention_unit=unit, shots=2, shape=shape)
+def test_structured_slicing_equals_masking(unit, shape, uniform):
+    model, run, settings = pruned("structured", 0.6, uniform=uniform, attention_unit=unit, shots=2, shape=shape)
     plan, sliced = pruned_model(model, run, settings)
     assert sliced.num_parameters() < model.num_parameters()
+    assert sliced.config.is_uniform == uniform  # the learned allocation differs per layer on these weights
     masked = model(TOKENS)  # removed rows/columns hold zeros in the source-shaped model
     assert (masked - sliced(TOKENS)).abs().max().item() <= 1e-4
     assert (model(TOKENS, plan.to_masks()) - masked).abs().max().item() <= 1e-4
     assert abs(run.shots[-1].density - 0.6) < 0.1
     assert [shot.density for shot in run.shots] == sorted((shot.density for shot in run.shots), reverse=True)
+
+
+def test_per_layer_sizes_follow_the_global_threshold_and_keep_every_layer_alive():
+    model, run, settings = pruned("structured", 0.5, shots=3)
+    plan, sliced = pruned_model(model, run, settings)
+    config = sliced.config
+    assert len(set(config.intermediate_sizes)) > 1 and min(config.intermediate_sizes) >= 1
+    assert min(config.num_attention_heads_per_layer or [config.num_attention_heads]) >= config.num_key_value_heads
+    assert abs(run.shots[-1].density - 0.5) < 0.02  # neurons are chosen globally to meet the density
+    removed = [run.pruner.removed["neuron"][i] for i in range(3)]
+    assert all(len(r) == SHAPE["intermediate_size"] - size for r, size in zip(removed, config.intermediate_sizes))
 
 
 def test_the_plan_with_replacement_weights_reslices_the_source(tmp_path):
@@ -189,6 +202,22 @@ def surgeon(tiny_hf_dir, corpus, out, *options):
                  "--calib-samples", "8", "--seq-len", "32", "--batch-size", "4", *options])
 
 
+def test_cli_structured_default_exports_per_layer_sizes_that_transformers_loads(tiny_hf_dir, sample_corpus, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "pruned"
+    assert surgeon(tiny_hf_dir, sample_corpus, out, "--mode", "structured", "--density", "0.6", "--shots", "2") == 0
+    report = json.loads((out / REPORT_FILE).read_text())
+    sizes = report["result_shape"]["intermediate_sizes"]
+    assert len(sizes) == 3 and len(set(sizes)) > 1 and abs(report["density"] - 0.6) < 0.05
+    hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    ours = load_model(out).model
+    assert hf.config.intermediate_sizes == ours.config.intermediate_sizes == sizes
+    assert [layer.mlp.up_proj.weight.shape[0] for layer in hf.model.layers] == sizes
+    with torch.no_grad():
+        assert (hf(TOKENS).logits - ours(TOKENS)).abs().max().item() <= 1e-4
+
+
 def test_cli_structured_exports_a_smaller_model_that_transformers_loads(tiny_hf_dir, sample_corpus, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -223,8 +252,8 @@ def test_cli_sparse_modes_export_dense_weights_with_zeros(tiny_hf_dir, sample_co
     (("--density", "1.5"), "must be in (0, 1]"),
     (("--mode", "2:4", "--density", "0.7"), "density must be 0.5"),
     (("--mode", "unstructured"), "needs --density"),
-    (("--density", "0.7"), "add --uniform"),
-    (("--uniform", "--density", "0.7", "--shots", "0"), "--shots must be at least 1"),
+    (("--density", "0.7", "--damping", "0"), "--damping must be positive"),
+    (("--density", "0.7", "--shots", "0"), "--shots must be at least 1"),
 ])
 def test_bad_settings_are_one_line_errors(tiny_hf_dir, sample_corpus, tmp_path, capsys, options, message):
     assert surgeon(tiny_hf_dir, sample_corpus, tmp_path / "out", *options) == 2
@@ -234,13 +263,14 @@ def test_bad_settings_are_one_line_errors(tiny_hf_dir, sample_corpus, tmp_path, 
 
 
 def test_missing_calibration_data_is_a_one_line_error(tiny_hf_dir, tmp_path, capsys):
-    assert surgeon(tiny_hf_dir, tmp_path / "no_corpus", tmp_path / "out", "--uniform", "--density", "0.7") == 2
+    assert surgeon(tiny_hf_dir, tmp_path / "no_corpus", tmp_path / "out", "--density", "0.7") == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "no_corpus" in err
 
 
 @pytest.mark.slow
 def test_cli_prunes_smollm2_structured_into_a_smaller_working_model(sample_corpus, tmp_path):
+    """The default, per-layer sizes (the uniform path is the same selection with equal counts)."""
     from transformers import AutoModelForCausalLM
 
     from llmshearing.assets import smollm2_gguf_path
@@ -248,10 +278,11 @@ def test_cli_prunes_smollm2_structured_into_a_smaller_working_model(sample_corpu
 
     out = tmp_path / "smollm2"
     assert main(["surgeon", "--model", str(smollm2_gguf_path()), "--data", str(sample_corpus), "--out", str(out),
-                 "--calib-samples", "8", "--seq-len", "64", "--mode", "structured", "--uniform",
+                 "--calib-samples", "8", "--seq-len", "64", "--mode", "structured",
                  "--density", "0.9", "--damping", "0.1"]) == 0
-    hf = AutoModelForCausalLM.from_pretrained(out)
-    assert hf.config.intermediate_size < 1536 and hf.config.num_key_value_heads == 3
+    hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+    assert hf.config.num_key_value_heads == 3 and hf.config.num_hidden_layers == 30
+    assert len(set(hf.config.intermediate_sizes)) > 1 and sum(hf.config.intermediate_sizes) < 30 * 1536
     pruned = load_model(out).model
     dense = load_model(smollm2_gguf_path()).model
     kwargs = dict(domains=["code", "prose"], batch_size=4, max_batches=1)

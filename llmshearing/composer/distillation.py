@@ -11,7 +11,13 @@ normalised MSE). Other loss terms already in ``state.loss`` (e.g. a Lagrangian) 
 INIT: load the teacher (frozen, eval mode, no gradients), attach the projections to the model as
 ``model.distill_projection`` (so they are in checkpoints) and add them to the optimizer.
 AFTER_LOSS: run the teacher on the same micro-batch and replace the LM term.
-The teacher lives in the algorithm, not in the model: it is never saved, wrapped or optimised.
+The teacher lives in the algorithm, not in the model: it is never saved or optimised.
+
+Multi-process: under DDP every rank holds the whole teacher (it has no gradients to synchronise).
+Under FSDP the teacher is sharded like the student (one FSDP unit per decoder layer, the run's
+sharding strategy, in its own dtype), so a 8B teacher in bf16 costs 16 GB / N per GPU instead of
+16 GB; every rank runs it on every micro-batch, as FSDP requires. The projections are replicated
+and kept equal on every rank (``distributed.ReplicaSync``).
 """
 from __future__ import annotations
 
@@ -21,12 +27,14 @@ from typing import List, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from composer.core import Algorithm, Event, State
+from composer.devices import DeviceGPU
 from composer.loggers import Logger
 from torch import nn
 
+from llmshearing.composer.distributed import ReplicaSync, attach_replicated, composer_model, shard_frozen
 from llmshearing.errors import ConfigError
 from llmshearing.model.composer_model import IGNORE_INDEX, next_token_targets
-from llmshearing.model.llama import LlamaForCausalLM
+from llmshearing.model.llama import DecoderLayer, LlamaForCausalLM
 from llmshearing.plan import PruningPlan
 
 log = logging.getLogger(__name__)
@@ -107,6 +115,13 @@ def teacher_layer_indices(student_layers: Sequence[int], student_depth: int, tea
     return [round((i + 1) * teacher_depth / student_depth) - 1 for i in student_layers]
 
 
+def cast_parameters(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Parameters to ``dtype``; buffers keep theirs (RoPE frequencies in bf16 would shift the angles)."""
+    for param in model.parameters():
+        param.data = param.data.to(dtype)
+    return model
+
+
 def load_teacher(teacher: Union[str, LlamaForCausalLM]) -> LlamaForCausalLM:
     if isinstance(teacher, LlamaForCausalLM):
         return teacher
@@ -152,23 +167,27 @@ class Distillation(Algorithm):
         self.teacher: Optional[LlamaForCausalLM] = None
         self._student_outputs: Optional[LayerOutputs] = None
         self._teacher_outputs: Optional[LayerOutputs] = None
+        self._sync: Optional[ReplicaSync] = None
 
     def match(self, event: Event, state: State) -> bool:
-        return event in (Event.INIT, Event.AFTER_LOSS, Event.FIT_END)
+        return event in (Event.INIT, Event.FIT_START, Event.AFTER_LOSS, Event.AFTER_TRAIN_BATCH, Event.FIT_END)
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         if event == Event.INIT:
             self._attach(state)
+        elif event == Event.FIT_START and self._student_outputs is not None:
+            self._sync = ReplicaSync.start(state, composer_model(state).distill_projection)
         elif event == Event.AFTER_LOSS:
             state.loss = self._distillation_loss(state)
+        elif event == Event.AFTER_TRAIN_BATCH and self._sync is not None:
+            self._sync.average_gradients()
         elif event == Event.FIT_END:
             self._detach()
 
     # ---------------------------------------------------------------------------------------
     def _attach(self, state: State) -> None:
-        student = state.model.model
-        device = next(student.parameters()).device
-        self.teacher = self._prepare_teacher(load_teacher(self.teacher_source), device)
+        student = composer_model(state).model
+        self.teacher = self._prepare_teacher(load_teacher(self.teacher_source), state)
         if self.teacher.config.vocab_size != student.config.vocab_size:
             raise ConfigError(f"the teacher's vocabulary ({self.teacher.config.vocab_size} tokens) differs from "
                               f"the student's ({student.config.vocab_size}): distillation needs the same tokenizer")
@@ -176,17 +195,20 @@ class Distillation(Algorithm):
                  self.teacher_source if isinstance(self.teacher_source, str) else "(in memory)",
                  self.temperature, self.alpha, self.hidden_weight)
         if self.hidden_weight > 0:
-            self._attach_hidden_states(state, student, device)
+            self._attach_hidden_states(state, student)
 
-    def _prepare_teacher(self, teacher: LlamaForCausalLM, device) -> LlamaForCausalLM:
+    def _prepare_teacher(self, teacher: LlamaForCausalLM, state: State) -> nn.Module:
         teacher.requires_grad_(False)
         teacher.eval()
         if isinstance(self.teacher_source, LlamaForCausalLM):
             return teacher  # a model object is used as given
         dtype = TEACHER_DTYPES[self.teacher_dtype]
         if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        return teacher.to(device=device, dtype=dtype)
+            dtype = torch.bfloat16 if isinstance(state.device, DeviceGPU) else torch.float32
+        cast_parameters(teacher, dtype)
+        if state.fsdp_config is not None:
+            return shard_frozen(teacher, state, DecoderLayer)
+        return state.device.module_to_device(teacher)
 
     def _usable_plan(self, student: LlamaForCausalLM) -> Optional[PruningPlan]:
         plan, teacher = self.plan, self.teacher.config
@@ -199,7 +221,7 @@ class Distillation(Algorithm):
             return None
         return plan
 
-    def _attach_hidden_states(self, state: State, student: LlamaForCausalLM, device) -> None:
+    def _attach_hidden_states(self, state: State, student: LlamaForCausalLM) -> None:
         depth = student.config.num_hidden_layers
         try:
             layers = sorted({range(depth)[i] for i in self.hidden_layers})
@@ -210,7 +232,7 @@ class Distillation(Algorithm):
         teacher_layers = teacher_layer_indices(layers, depth, self.teacher.config.num_hidden_layers, plan)
         projection = HiddenStateProjection(student.config.hidden_size, self.teacher.config.hidden_size, len(layers),
                                            plan.kept_hidden if plan is not None else None)
-        state.model.distill_projection = projection.to(device)
+        projection = attach_replicated(state, "distill_projection", projection)
         if not state.optimizers:
             raise ConfigError("distillation with hidden_weight > 0 needs an optimizer passed to the Trainer")
         state.optimizers[0].add_param_group({"params": list(projection.parameters()), "weight_decay": 0.0})
@@ -244,7 +266,7 @@ class Distillation(Algorithm):
         return {**loss, **terms, "total": total}
 
     def _hidden_loss(self, state: State) -> torch.Tensor:
-        projection = state.model.distill_projection
+        projection = composer_model(state).distill_projection
         pairs = zip(self._student_outputs.pop(), self._teacher_outputs.pop())
         losses = [hidden_state_loss(projection(k, student), teacher.to(student.device), self.hidden_loss)
                   for k, (student, teacher) in enumerate(pairs)]

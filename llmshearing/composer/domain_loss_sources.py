@@ -6,7 +6,7 @@
   with the deterministic final-shape masks of eval mode (see docs/ARCHITECTURE.md for why). The
   mask samples come from a generator seeded by (seed, update index) and reseeded for every
   domain: the measurement is reproducible, all domains see the same mask samples, and the
-  training run's own random stream is left untouched.
+  training run's own random streams (global RNG, the L0 masks' noise stream) are left untouched.
 - :class:`TrainBatchLoss`: the training batches' own per-sample losses since the last update
   (no extra forward passes); a domain with no sample in the window keeps its last loss.
 
@@ -15,6 +15,7 @@ weights.
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any, Dict, List
 
 import numpy as np
@@ -24,6 +25,7 @@ from composer.core.precision import get_precision_context
 from composer.utils import dist
 
 from llmshearing.data.domain_loss import domain_loss_sums, sample_token_losses
+from llmshearing.sheared.noise import noise_streams
 
 
 def _reduced_means(sums: torch.Tensor, counts: torch.Tensor, state: State) -> np.ndarray:
@@ -43,11 +45,18 @@ class EvalSplitLoss:
         """Nothing to collect from training batches."""
 
     def measure(self, state: State, update_index: int) -> np.ndarray:
+        seed = self.seed * 1_000_003 + update_index
+        streams = noise_streams(state.model)
+
         def reseed(_domain: int) -> None:
-            torch.manual_seed(self.seed * 1_000_003 + update_index)
+            torch.manual_seed(seed)
+            for stream in streams:
+                stream.restart(seed)
 
         devices = [torch.cuda.current_device()] if state.device.name == "gpu" else []
-        with torch.random.fork_rng(devices=devices), get_precision_context(state.precision):
+        with ExitStack() as preserved, torch.random.fork_rng(devices=devices), get_precision_context(state.precision):
+            for stream in streams:
+                preserved.enter_context(stream.preserved())
             sums, counts = domain_loss_sums(state.model, self.loaders, state.device.batch_to_device,
                                             before_domain=reseed)
         return _reduced_means(sums, counts, state)

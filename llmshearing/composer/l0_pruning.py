@@ -3,8 +3,13 @@
 INIT: attach an L0Module as ``model.l0`` (so log_alpha and λ are in every checkpoint) and add its
 two optimiser groups; the model's forward then multiplies sampled masks in (deterministic in eval).
 AFTER_LOSS: add the Lagrangian to the loss (logged as separate loss terms).
+AFTER_TRAIN_BATCH: under FSDP, average the mask / λ gradients over the ranks (see distributed.py).
 BATCH_END: clamp log_alpha, log expected sizes / λ / targets.
 FIT_END: write the pruning plan made from the final deterministic masks.
+
+Multi-process: the L0 module is replicated on every rank (never sharded) and kept identical by DDP
+or by ``ReplicaSync`` under FSDP, so every rank holds the same log_alpha and λ; its noise stream is
+seeded with the rank-zero seed, so every rank also samples the same masks.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from composer.core import Algorithm, Event, State
 from composer.loggers import Logger
 from composer.utils import dist
 
+from llmshearing.composer.distributed import ReplicaSync, attach_replicated, composer_model
 from llmshearing.errors import ConfigError
 from llmshearing.plan import PLAN_FILE
 from llmshearing.shape import TargetShape
@@ -46,23 +52,30 @@ class L0Pruning(Algorithm):
         self.block_masks = block_masks
         self.plan_folder = plan_folder
         self.last_details: dict = {}
+        self._sync: Optional[ReplicaSync] = None
 
     def match(self, event: Event, state: State) -> bool:
-        return event in (Event.INIT, Event.FIT_START, Event.AFTER_LOSS, Event.BATCH_END, Event.FIT_END)
+        return event in (Event.INIT, Event.FIT_START, Event.AFTER_LOSS, Event.AFTER_TRAIN_BATCH, Event.BATCH_END,
+                         Event.FIT_END)
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         if event == Event.INIT:
             self._attach(state)
         elif event == Event.FIT_START:
-            # max_duration is only known once fit() starts
-            state.model.l0.lagrangian_warmup_steps = self._warmup_steps(state)
+            self._start(state)
         elif event == Event.AFTER_LOSS:
             self._add_lagrangian(state)
+        elif event == Event.AFTER_TRAIN_BATCH and self._sync is not None:
+            self._sync.average_gradients()
         elif event == Event.BATCH_END:
-            state.model.l0.clamp_()
+            self.l0(state).clamp_()
             logger.log_metrics({f"pruning/{k}": v for k, v in self.last_details.items()})
         elif event == Event.FIT_END:
             self.write_plan(state)
+
+    @staticmethod
+    def l0(state: State) -> L0Module:
+        return composer_model(state).l0
 
     # ---------------------------------------------------------------------------------------
     def _attach(self, state: State) -> None:
@@ -75,14 +88,20 @@ class L0Pruning(Algorithm):
             init_mean=self.init_mean,
             init_std=self.init_std,
             block_masks=self.block_masks,
+            seed=state.rank_zero_seed,  # the same mask samples on every rank
         )
-        model.l0 = l0.to(next(model.model.parameters()).device)
+        l0 = attach_replicated(state, "l0", l0)
         if not state.optimizers:
             raise ConfigError("L0Pruning needs an optimizer passed to the Trainer")
         optimizer = state.optimizers[0]
         optimizer.add_param_group({"params": list(l0.mask_parameters()), "lr": self.mask_lr, "weight_decay": 0.0})
         optimizer.add_param_group({"params": list(l0.lagrangian_parameters()), "lr": self.lag_lr, "weight_decay": 0.0})
         log.info("L0 pruning: %s -> %s", {k: getattr(source, k) for k in target.to_dict()}, target.to_dict())
+
+    def _start(self, state: State) -> None:
+        l0 = self.l0(state)
+        l0.lagrangian_warmup_steps = self._warmup_steps(state)  # max_duration is only known once fit() starts
+        self._sync = ReplicaSync.start(state, l0)
 
     def _warmup_steps(self, state: State) -> int:
         duration = state.max_duration
@@ -94,7 +113,7 @@ class L0Pruning(Algorithm):
 
     def _add_lagrangian(self, state: State) -> None:
         lm_loss = state.loss["total"] if isinstance(state.loss, dict) else state.loss
-        lagrangian, details = state.model.l0.lagrangian(int(state.timestamp.batch))
+        lagrangian, details = self.l0(state).lagrangian(int(state.timestamp.batch))
         self.last_details = details
         state.loss = {"total": lm_loss + lagrangian, "lm": lm_loss, "lagrangian": lagrangian}
 
@@ -104,7 +123,7 @@ class L0Pruning(Algorithm):
         folder = self.plan_folder
         if folder is None:
             return None
-        plan = state.model.l0.make_plan()
+        plan = self.l0(state).make_plan()
         path = plan.save(Path(folder) / PLAN_FILE)
         log.info("final pruning plan written to %s (target %s)", path, plan.target_shape().to_dict())
         return path

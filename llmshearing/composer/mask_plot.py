@@ -8,6 +8,8 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
+from llmshearing.composer.distributed import composer_model
+
 
 class MaskSizePlot(Callback):
     def __init__(self, folder: Optional[str], filename: str = "mask_sizes.png", every: int = 1):
@@ -18,7 +20,7 @@ class MaskSizePlot(Callback):
         self.series: Dict[str, List[float]] = {}
 
     def batch_end(self, state: State, logger: Logger) -> None:
-        l0 = getattr(state.model, "l0", None)
+        l0 = getattr(composer_model(state), "l0", None)
         step = int(state.timestamp.batch)
         if l0 is None or step % self.every:
             return
@@ -27,6 +29,14 @@ class MaskSizePlot(Callback):
         for name, value in l0.expected_sizes().items():
             self.series.setdefault(name, []).append(float(value))
             self.series.setdefault(f"{name} target", []).append(float(targets[name]))
+
+    # the history travels in checkpoints, so a resumed run plots the whole run
+    def state_dict(self) -> dict:
+        return {"steps": list(self.steps), "series": {name: list(values) for name, values in self.series.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = list(state.get("steps", []))
+        self.series = {name: list(values) for name, values in state.get("series", {}).items()}
 
     def fit_end(self, state: State, logger: Logger) -> None:
         if self.folder and dist.get_global_rank() == 0 and self.steps:

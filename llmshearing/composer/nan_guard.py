@@ -7,7 +7,6 @@ renamed to ``*.nonfinite`` (kept for inspection, never resumed from by accident)
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 from typing import Optional
@@ -15,6 +14,8 @@ from typing import Optional
 from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
+
+from llmshearing.checkpoint_files import is_partial, point_link
 
 CHECKPOINT_BATCH = re.compile(r"-ba(\d+)-rank(\d+)\.pt$")
 
@@ -46,7 +47,7 @@ def quarantine_checkpoints(folder: Path, bad_batch: int) -> str:
     good = {}
     for path in sorted(folder.glob("*-ba*-rank*.pt")):
         match = CHECKPOINT_BATCH.search(path.name)
-        if not match or path.is_symlink():
+        if not match or path.is_symlink() or is_partial(path):
             continue
         batch, rank = int(match.group(1)), match.group(2)
         if batch >= bad_batch:
@@ -54,10 +55,7 @@ def quarantine_checkpoints(folder: Path, bad_batch: int) -> str:
         elif batch > good.get(rank, (-1, None))[0]:
             good[rank] = (batch, path)
     for rank, (_, path) in good.items():
-        link = folder / f"latest-rank{rank}.pt"
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        os.symlink(path.name, link)
+        point_link(folder / f"latest-rank{rank}.pt", path.name)
     for link in folder.glob("latest-rank*.pt"):
         if link.is_symlink() and not link.exists():
             link.unlink()

@@ -97,7 +97,6 @@ class TrainConfig:
     device_eval_batch_size: int = 8
     max_duration: str = "3200ba"
     eval_interval: str = "50ba"
-    eval_first: bool = False
     precision: str = "fp32"  # fp32 | amp_bf16 | amp_fp16
     device: Optional[str] = None  # cpu | gpu; default: gpu when available
     fsdp: Optional[Dict[str, Any]] = None  # passed to Composer as parallelism_config.fsdp

@@ -12,14 +12,13 @@ module, when attached) and ``_extra_state`` = {"model_config": {...}}.
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
 
+from llmshearing.checkpoint_files import verify_checkpoint_file, write_atomically
 from llmshearing.convert.messages import first_line
 from llmshearing.convert.weights import build_model
 from llmshearing.errors import CheckpointError, ConfigError
@@ -32,7 +31,6 @@ L0_PREFIX = "l0."
 # wrapper path components that DDP / FSDP / activation checkpointing / torch.compile put in keys
 WRAPPER_COMPONENTS = ("_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
 DDP_PREFIX = "module."
-FILE_MODE = 0o644
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -55,15 +53,7 @@ def save_composer_checkpoint(model: ComposerLlama, path) -> Path:
         }
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as tmp:
-            torch.save(checkpoint, tmp)
-        os.chmod(tmp_name, FILE_MODE)  # mkstemp makes it private
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda partial: torch.save(checkpoint, partial))
     return path
 
 
@@ -80,6 +70,7 @@ def read_composer_checkpoint(path) -> Dict[str, object]:
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory; give a checkpoint file such as "
                               "latest-rank0.pt (sharded FSDP checkpoints are not supported)")
+    verify_checkpoint_file(path)  # torch.load would read flipped bits without complaint
     return _clean_keys(_model_state(_torch_load(path), path))
 
 

@@ -1,4 +1,8 @@
-"""Write a LlamaForCausalLM as a Hugging Face model directory that plain ``transformers`` loads."""
+"""Write a LlamaForCausalLM as a Hugging Face model directory that ``transformers`` loads.
+
+Uniform models are plain LLaMA directories. Models with per-layer sizes get the per-layer lists in
+config.json and a self-contained modeling file (``trust_remote_code=True`` to load them).
+"""
 from __future__ import annotations
 
 import shutil
@@ -13,6 +17,9 @@ from llmshearing.errors import LLMShearingError
 from llmshearing.model.llama import LlamaForCausalLM
 from llmshearing.plan import PruningPlan
 
+# per-layer sizes: a small modeling file beside the weights, named in config.json's auto_map
+PER_LAYER_MODELING = Path(__file__).with_name("modeling_llmshearing_llama.py")
+PER_LAYER_CLASS = "LlamaForCausalLMWithLayerSizes"
 WEIGHTS_FILE = "model.safetensors"
 LM_HEAD = "lm_head.weight"
 DIR_MODE = 0o755
@@ -34,10 +41,21 @@ def _write_model(model: LlamaForCausalLM, folder: Path) -> None:
 
     hf_config = model.config.to_hf()
     hf_config.dtype = model.lm_head.weight.dtype
+    if not model.config.is_uniform:
+        _add_per_layer_modeling(hf_config, folder)
     hf_config.save_pretrained(folder)
     GenerationConfig.from_model_config(hf_config).save_pretrained(folder)
     save_file(hf_state_dict(model), str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     (folder / WEIGHTS_FILE).chmod(FILE_MODE)  # safetensors writes it private
+
+
+def _add_per_layer_modeling(hf_config, folder: Path) -> None:
+    """Layers of different sizes load with ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``."""
+    target = folder / PER_LAYER_MODELING.name
+    shutil.copyfile(PER_LAYER_MODELING, target)
+    target.chmod(FILE_MODE)
+    hf_config.auto_map = {"AutoModelForCausalLM": f"{PER_LAYER_MODELING.stem}.{PER_LAYER_CLASS}"}
+    hf_config.architectures = [PER_LAYER_CLASS]
 
 
 def _check_replaceable(out_dir: Path) -> None:
@@ -59,7 +77,8 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
 
 @torch.no_grad()
 def export_hf(model: LlamaForCausalLM, out_dir, tokenizer=None, plan: Optional[PruningPlan] = None) -> Path:
-    """Write config.json, generation_config.json, model.safetensors (+ tokenizer, + pruning plan).
+    """Write config.json, generation_config.json, model.safetensors (+ tokenizer, + pruning plan;
+    + ``modeling_llmshearing_llama.py`` when the layers have different sizes).
 
     The directory appears complete or not at all: everything is written to a sibling
     ``<out_dir>.tmp-XXXX`` folder that is then renamed. An earlier export at ``out_dir`` is replaced.

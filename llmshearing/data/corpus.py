@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from llmshearing.errors import LLMShearingError
 
 MANIFEST_NAME = "manifest.json"
@@ -91,8 +93,25 @@ def _check_shard_file(split_dir: Path, shard: dict) -> None:
             problems.append(f"shard file {path} has {path.stat().st_size} bytes, "
                             f"index.json says {data['bytes']}")
         else:
+            if data is shard["raw_data"]:
+                _check_mds_header(path, int(shard["samples"]))
             return
     raise CorpusError("; ".join(problems))
+
+
+def _check_mds_header(path: Path, samples: int) -> None:
+    """An MDS shard starts with its sample count and sample offsets (uint32; then the shard's config,
+    then the samples). They must fit the index and the file, or reading fails later, obscurely."""
+    size = path.stat().st_size
+    header_bytes = 4 * (samples + 2)
+    with path.open("rb") as handle:
+        header = np.frombuffer(handle.read(header_bytes), dtype="<u4") if size >= header_bytes else None
+    if header is None or int(header[0]) != samples:
+        raise CorpusError(f"shard file {path} is corrupt: its header does not hold the {samples} samples "
+                          "index.json lists")
+    offsets = header[1:].astype(np.int64)
+    if offsets[0] < header_bytes or offsets[-1] != size or np.any(np.diff(offsets) < 0):
+        raise CorpusError(f"shard file {path} is corrupt: its sample offsets do not fit the file")
 
 
 def domain_split_dir(corpus_dir: str | Path, domain: str, split: str) -> Path:

@@ -26,6 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from llmshearing.data.loaders import to_model_input
 from llmshearing.data.mixture_sampler import MixtureCursor, MixtureSampler, iterate_draws
+from llmshearing.data.shard_errors import unreadable_sample
 from llmshearing.data.weight_table import WeightTable
 from llmshearing.errors import ConfigError
 
@@ -70,7 +71,10 @@ class DynamicMixtureDataset(IterableDataset):
         domains, draw_numbers = domains[mine], draw_numbers[mine]
         sample_ids = self._offsets[domains] + self.sampler.sample_indices(domains, draw_numbers)
         for domain, sample_id in zip(domains.tolist(), sample_ids.tolist()):
-            sample = to_model_input(self.reader.get_item(sample_id), self.seq_len)
+            try:
+                sample = to_model_input(self.reader.get_item(sample_id), self.seq_len)
+            except Exception as exc:  # noqa: BLE001 - a damaged shard fails in many ways
+                raise unreadable_sample(self.reader, sample_id, exc) from exc
             sample["domain"] = domain  # collated into a LongTensor [batch]
             yield sample
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from llmshearing.data.corpus import check_domains, domain_split_dir, load_manifest
 from llmshearing.data.remote import train_stream
+from llmshearing.data.shard_errors import unreadable_sample
 from llmshearing.errors import ConfigError
 
 _PROPORTION_SUM_TOLERANCE = 1e-6
@@ -67,7 +68,10 @@ class TokenStreamingDataset(StreamingDataset):
         self.seq_len = seq_len
 
     def get_item(self, sample_id: int, retry: int = 7) -> dict[str, torch.Tensor]:
-        return to_model_input(super().get_item(sample_id, retry), self.seq_len)
+        try:
+            return to_model_input(super().get_item(sample_id, retry), self.seq_len)
+        except Exception as exc:  # noqa: BLE001 - a damaged shard fails in many ways
+            raise unreadable_sample(self, sample_id, exc) from exc
 
 
 class TokenEvalDataset(Dataset):

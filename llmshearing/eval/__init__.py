@@ -1,3 +1,3 @@
-from llmshearing.eval.perplexity import DomainResult, evaluate_domains
+from llmshearing.eval.perplexity import ALL, DomainResult, evaluate_domains, format_table
 
-__all__ = ["DomainResult", "evaluate_domains"]
+__all__ = ["ALL", "DomainResult", "evaluate_domains", "format_table"]

@@ -1,8 +1,10 @@
 """Per-domain next-token loss and perplexity on a corpus's eval splits.
 
-Loss is token-weighted: the sum of next-token negative log-likelihoods over every predicted token
-of a domain divided by their number (each sequence of length T predicts T-1 tokens); perplexity is
-exp(loss). The "all" entry weights every domain's tokens equally.
+Weighting (the same in ``python -m llmshearing.eval`` and in the training evaluators):
+a domain's loss is token-weighted, the sum of next-token negative log-likelihoods over every
+predicted token of that domain divided by their number (each sequence of length T predicts T-1
+tokens); perplexity is exp(loss). The "all" entry pools the tokens of every domain, so each token
+counts once and a domain weighs in proportion to its evaluated tokens (not a mean of domain means).
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import torch.nn.functional as F
 
 from llmshearing.model.llama import LlamaForCausalLM
 
+ALL = "all"
+
 
 @dataclass
 class DomainResult:
@@ -26,6 +30,17 @@ class DomainResult:
         return asdict(self)
 
 
+def domain_result(nll: float, tokens: int) -> DomainResult:
+    """Token-weighted result from a summed NLL over ``tokens`` predicted tokens."""
+    loss = nll / max(tokens, 1)
+    return DomainResult(loss=loss, perplexity=math.exp(min(loss, 700.0)), tokens=int(tokens))
+
+
+def pooled_result(sums: Dict[str, tuple]) -> DomainResult:
+    """The "all" entry from ``{domain: (nll sum, tokens)}``: every token counts once."""
+    return domain_result(sum(nll for nll, _ in sums.values()), sum(tokens for _, tokens in sums.values()))
+
+
 @torch.no_grad()
 def sequence_nll(model: LlamaForCausalLM, input_ids: torch.Tensor, masks=None) -> torch.Tensor:
     """Summed next-token NLL per sequence, shape [batch]."""
@@ -33,6 +48,28 @@ def sequence_nll(model: LlamaForCausalLM, input_ids: torch.Tensor, masks=None) -
     targets = input_ids[:, 1:]
     losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     return losses.view(targets.shape).sum(dim=1)
+
+
+def split_loaders(data_dir, domains: Sequence[str], *, split: str, batch_size: int, seq_len: int,
+                  max_batches: Optional[int] = None, max_samples: Optional[int] = None):
+    """One unshuffled loader per domain over the first samples of its ``split`` (the eval loaders
+    of training read the same samples in the same order)."""
+    from llmshearing.data.loaders import build_eval_dataloaders
+
+    if split == "eval" and max_samples is None:
+        return build_eval_dataloaders(data_dir, domains, batch_size=batch_size, seq_len=seq_len,
+                                      max_batches=max_batches)
+    from torch.utils.data import DataLoader
+
+    from llmshearing.data.corpus import domain_split_dir
+    from llmshearing.data.loaders import TokenEvalDataset, checked_manifest
+
+    checked_manifest(data_dir, domains, seq_len)
+    limits = [n for n in (max_samples, max_batches and max_batches * batch_size) if n]
+    limit = min(limits) if limits else None
+    return {domain: DataLoader(TokenEvalDataset(domain_split_dir(data_dir, domain, split), seq_len, limit),
+                               batch_size=batch_size, shuffle=False)
+            for domain in domains}
 
 
 @torch.no_grad()
@@ -44,39 +81,36 @@ def evaluate_domains(
     seq_len: Optional[int] = None,
     batch_size: int = 8,
     max_batches: Optional[int] = None,
+    max_samples: Optional[int] = None,
     masks=None,
     split: str = "eval",
 ) -> Dict[str, DomainResult]:
-    """{domain: DomainResult, ..., "all": DomainResult} for ``model`` (a plain LlamaForCausalLM)."""
-    from llmshearing.data.corpus import load_manifest
-    from llmshearing.data.loaders import build_eval_dataloaders
+    """{domain: DomainResult, ..., "all": DomainResult} for ``model`` (a plain LlamaForCausalLM).
 
-    if split != "eval":
-        raise ValueError("only the eval split is evaluated")
+    ``max_batches`` / ``max_samples`` cap the samples read per domain (the first ones, in order).
+    """
+    from llmshearing.data.corpus import load_manifest
+
     manifest = load_manifest(data_dir)
     domains = list(domains or manifest["domains"])
     seq_len = seq_len or int(manifest["seq_len"])
-    loaders = build_eval_dataloaders(data_dir, domains, batch_size=batch_size, seq_len=seq_len, max_batches=max_batches)
+    loaders = split_loaders(data_dir, domains, split=split, batch_size=batch_size, seq_len=seq_len,
+                            max_batches=max_batches, max_samples=max_samples)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    results, total_nll, total_tokens = {}, 0.0, 0
+    sums = {}
     for domain, loader in loaders.items():
         nll, tokens = 0.0, 0
         for batch in loader:
             ids = batch["input_ids"].to(device)
             nll += float(sequence_nll(model, ids, masks).sum())
             tokens += ids.shape[0] * (ids.shape[1] - 1)
-        results[domain] = _result(nll, tokens)
-        total_nll, total_tokens = total_nll + nll, total_tokens + tokens
-    results["all"] = _result(total_nll, total_tokens)
+        sums[domain] = (nll, tokens)
     model.train(was_training)
+    results = {domain: domain_result(*pair) for domain, pair in sums.items()}
+    results[ALL] = pooled_result(sums)
     return results
-
-
-def _result(nll: float, tokens: int) -> DomainResult:
-    loss = nll / max(tokens, 1)
-    return DomainResult(loss=loss, perplexity=math.exp(min(loss, 700.0)), tokens=tokens)
 
 
 def format_table(results: Dict[str, DomainResult]) -> str:

@@ -15,6 +15,10 @@ from llmshearing.model.llama import DecoderLayer, LlamaForCausalLM
 IGNORE_INDEX = -100
 
 
+def is_decoder_layer(module) -> bool:
+    return isinstance(module, DecoderLayer)
+
+
 def next_token_targets(batch) -> torch.Tensor:
     """Targets aligned with logits[:, :-1]."""
     labels = batch.get("labels", batch["input_ids"])
@@ -35,6 +39,12 @@ class ComposerLlama(ComposerModel):
         else:  # loaders that overwrite every weight skip the (slow, memory-hungry) random init
             self.model = LlamaForCausalLM(config) if init_weights else LlamaForCausalLM.empty(config)
         self.l0: Optional[torch.nn.Module] = None
+        # Composer's FSDP (v1) wraps each child of a ComposerModel on its own and asks that *child*
+        # which submodules become FSDP units / activation-checkpointed blocks: one per decoder layer.
+        # (FSDP2 asks this module's fsdp_wrap_fn below.) Children added later (the L0 masks, the
+        # distillation projections) set ``_fsdp_wrap = False``: see llmshearing/composer/distributed.py.
+        self.model.fsdp_wrap_fn = is_decoder_layer
+        self.model.activation_checkpointing_fn = is_decoder_layer
         self.train_metrics = {"LanguageCrossEntropy": LanguageCrossEntropy(ignore_index=IGNORE_INDEX)}
         self.eval_metrics = {
             "LanguageCrossEntropy": LanguageCrossEntropy(ignore_index=IGNORE_INDEX),
@@ -67,12 +77,11 @@ class ComposerLlama(ComposerModel):
     def get_metrics(self, is_train: bool = False):
         return self.train_metrics if is_train else self.eval_metrics
 
-    # Composer's FSDP wrapping and activation checkpointing work per decoder layer
     def fsdp_wrap_fn(self, module) -> bool:
-        return isinstance(module, DecoderLayer)
+        return is_decoder_layer(module)
 
     def activation_checkpointing_fn(self, module) -> bool:
-        return isinstance(module, DecoderLayer)
+        return is_decoder_layer(module)
 
     def get_extra_state(self):
         return {"model_config": self.config.to_dict()}

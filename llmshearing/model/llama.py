@@ -1,6 +1,8 @@
 """The one LLaMA model: plain PyTorch, HF parameter names, optional pruning masks.
 
-Masks are multiplied in at fixed points; with no masks this is an ordinary LLaMA:
+Each decoder layer is built from its own sizes (``LlamaConfig.layer_config``), so a config with
+per-layer sizes gives layers of different widths. Masks are multiplied in at fixed points (they
+assume equal sizes in every layer); with no masks this is an ordinary LLaMA:
 - ``hidden_z`` [d_model]: embedding output, each residual branch output, lm_head input; RMSNorm
   averages over the kept (non-zero) channels only.
 - ``layer_z`` [L]: both residual branches of a layer.
@@ -131,7 +133,7 @@ class LlamaModel(nn.Module):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config.layer_config(i)) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         inv_freq = rope_inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
         self.register_buffer("rope_inv_freq", inv_freq, persistent=False)

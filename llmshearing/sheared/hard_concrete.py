@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -37,9 +37,9 @@ class HardConcrete(nn.Module):
     def shape(self) -> torch.Size:
         return self.log_alpha.shape
 
-    def sample(self) -> torch.Tensor:
+    def sample(self, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """A stochastic mask in [0, 1] with exact zeros and ones; differentiable in ``log_alpha``."""
-        u = torch.empty_like(self.log_alpha).uniform_(EPS, 1.0 - EPS)
+        u = torch.empty_like(self.log_alpha).uniform_(EPS, 1.0 - EPS, generator=generator)
         s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / TEMPERATURE)
         return (s * (STRETCH_HIGH - STRETCH_LOW) + STRETCH_LOW).clamp(0.0, 1.0)
 

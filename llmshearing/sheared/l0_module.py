@@ -13,8 +13,10 @@ or MLP block. They never remove a block on their own and are not part of the exp
 bookkeeping: a uniform LLaMA config has no way to express "layer 5 has no MLP", so a sliced model
 can only drop whole layers; the gates only contribute their soft value as a learned block scale.
 
-Training mode samples masks; eval mode gives the deterministic masks that keep exactly the target
-counts, i.e. what ``make_plan()`` slices (``make_plan().to_masks()`` equals ``forward()`` in eval).
+Training mode samples masks (from the module's own :class:`NoiseStream`, checkpointed with it, so
+a resumed run samples the same masks as an uninterrupted one); eval mode gives the deterministic
+masks that keep exactly the target counts, i.e. what ``make_plan()`` slices
+(``make_plan().to_masks()`` equals ``forward()`` in eval).
 The Lagrangian keeps each structure's expected kept fraction on its (warmed-up) target.
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ from llmshearing.model.config import LlamaConfig
 from llmshearing.plan import LayerPlan, PruningPlan
 from llmshearing.shape import TargetShape, count_parameters
 from llmshearing.sheared.hard_concrete import DEFAULT_LOG_ALPHA_RANGE, HardConcrete
+from llmshearing.sheared.noise import NoiseStream
 
 SIZED_STRUCTURES = ("layer", "kv_group", "head", "intermediate", "hidden")
 BLOCK_GATES = ("head_layer", "mlp")
@@ -104,6 +107,7 @@ class L0Module(nn.Module):
         block_masks: bool = False,
         lagrangian_warmup_steps: int = 0,
         log_alpha_range: Tuple[float, float] = DEFAULT_LOG_ALPHA_RANGE,
+        seed: int = 0,
     ):
         super().__init__()
         target.validate_against(source)
@@ -137,6 +141,7 @@ class L0Module(nn.Module):
         self.lambda_2 = nn.ParameterDict({name: nn.Parameter(torch.zeros(())) for name in self.structures})
         # follows .to(device) even when nothing is pruned and the module has no parameters
         self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
+        self.noise = NoiseStream(seed)
 
     # ---- helpers ----------------------------------------------------------------------------
     def _per_gate(self, values: Callable[[HardConcrete], torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -168,7 +173,8 @@ class L0Module(nn.Module):
         return self.sample_masks() if self.training else self.deterministic_masks()
 
     def sample_masks(self) -> Dict[str, torch.Tensor]:
-        z = self._per_gate(HardConcrete.sample)
+        generator = self.noise.next_generator(self._device_anchor.device)
+        z = self._per_gate(lambda gate: gate.sample(generator))
         masks = {
             "layer_z": z["layer"],
             "head_layer_z": z["head_layer"],
@@ -340,7 +346,8 @@ class L0Module(nn.Module):
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def get_extra_state(self) -> dict:
-        return {"source_config": self.source.to_dict(), "target_shape": self.target.to_dict()}
+        return {"source_config": self.source.to_dict(), "target_shape": self.target.to_dict(),
+                "noise": self.noise.state_dict()}
 
     def set_extra_state(self, state: dict) -> None:
         mine = self.get_extra_state()
@@ -351,6 +358,8 @@ class L0Module(nn.Module):
                 f"the checkpoint's L0 masks target {state.get('target_shape')}, "
                 f"but this run targets {mine['target_shape']}"
             )
+        if "noise" in state:  # absent in checkpoints written before the stream existed
+            self.noise.load_state_dict(state["noise"])
 
     def extra_repr(self) -> str:
         return f"structures={self.structures}, target={self.target.to_dict()}"

@@ -1,13 +1,15 @@
 """LLM Surgeon: K-FAC curvature pruning with correlated weight updates (structured, 2:4, unstructured).
 
-    python -m llmshearing.prune surgeon --model SRC --data DIR --out DST --mode structured --uniform --density 0.7 --shots 8
+    python -m llmshearing.prune surgeon --model SRC --data DIR --out DST --mode structured --density 0.7 --shots 8
     python -m llmshearing.prune surgeon --model SRC --data DIR --out DST --mode 2:4
     python -m llmshearing.prune surgeon --model SRC --data DIR --out DST --mode unstructured --density 0.5
 
 DST receives the HF model (+ tokenizer), pruning_plan.json (structured: + pruning_plan.safetensors,
 the updated source-shaped weights, so the plan re-slices the source without recomputing) and
 surgeon_report.json (density per layer and projection, per-shot figures, factor memory).
-Structured output is physically smaller; 2:4 and unstructured output is dense with zeros.
+Structured output is physically smaller: per-layer sizes by default (config.json lists them and DST
+holds a modeling file: load with ``AutoModelForCausalLM.from_pretrained(DST, trust_remote_code=True)``),
+a plain LLaMA with ``--uniform``. 2:4 and unstructured output is dense with zeros.
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=int, default=1,
                         help="reach the density in this many shots (linear schedule), curvature re-estimated in between")
     parser.add_argument("--uniform", action="store_true",
-                        help="structured: the same number of heads/neurons in every layer (a plain LLaMA config)")
+                        help="structured: the same number of heads/neurons in every layer (a plain LLaMA config); "
+                             "default: each layer keeps its own (per-layer sizes, loaded with trust_remote_code)")
     parser.add_argument("--attention-unit", choices=ATTENTION_UNITS, default=HEAD,
                         help="structured: remove query heads (the same number per KV group) or whole KV groups")
     parser.add_argument("--scoring", choices=SCORINGS, default="curvature",

@@ -21,7 +21,7 @@ def pruned_model(model, surgeon_run, settings):
 
     plan = surgeon_run.pruner.plan(model)
     plan.metadata = {"mode": settings.mode, "target_density": settings.density, "shots": settings.shots,
-                     "scoring": settings.scoring}
+                     "scoring": settings.scoring, "uniform": settings.uniform}
     return plan, slice_model(model, plan) if settings.mode == STRUCTURED else model
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
-from llmshearing.model.config import LlamaConfig
+from llmshearing.model.config import PER_LAYER_FIELDS, LlamaConfig
 from llmshearing.surgeon.units import projection_sizes
 
 REPORT_FILE = "surgeon_report.json"
@@ -29,6 +29,13 @@ def achieved_density(pruner, config: LlamaConfig) -> float:
     return sum(layer["density"] for layer in layers) / len(layers)
 
 
+def result_shape(config: LlamaConfig) -> Dict:
+    """The exported model's sizes; per-layer lists when the layers differ (scalars: the largest)."""
+    keys = ("hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers", "intermediate_size",
+            *PER_LAYER_FIELDS)
+    return {key: getattr(config, key) for key in keys if getattr(config, key) is not None}
+
+
 def write_report(folder, *, settings, run, source_config: LlamaConfig, result_config: LlamaConfig,
                  source_params: int, result_params: int, nonzero_params: int, seconds: float, **extra) -> Path:
     report = {
@@ -37,8 +44,7 @@ def write_report(folder, *, settings, run, source_config: LlamaConfig, result_co
         "target_density": settings.density,
         "density": achieved_density(run.pruner, source_config),
         "parameters": {"source": source_params, "result": result_params, "nonzero": nonzero_params},
-        "result_shape": {key: getattr(result_config, key) for key in (
-            "hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers", "intermediate_size")},
+        "result_shape": result_shape(result_config),
         "factor_memory": run.factor_memory,
         "shots": [dataclasses.asdict(shot) for shot in run.shots],
         "seconds": seconds,

@@ -20,7 +20,7 @@ class SurgeonSettings:
     mode: str = STRUCTURED
     density: Optional[float] = None  # fraction of the layers' projection weights kept; 2:4 implies 0.5
     shots: int = 1
-    uniform: bool = False  # structured: the same sizes in every layer (a plain LLaMA config)
+    uniform: bool = False  # structured: the same sizes in every layer (a plain LLaMA config), else per-layer sizes
     attention_unit: str = HEAD
     scoring: str = CURVATURE  # magnitude: F = I ⊗ I, the baseline
     damping: float = 0.01
@@ -41,9 +41,6 @@ class SurgeonSettings:
         if self.mode == TWO_FOUR and self.density != TWO_FOUR_DENSITY:
             raise ConfigError(f"--mode 2:4 keeps exactly half of the weights: --density must be 0.5 "
                               f"(or left out), got {self.density}")
-        if self.mode == STRUCTURED and not self.uniform:
-            raise ConfigError("non-uniform structured pruning (per-layer sizes) is not implemented yet; "
-                              "add --uniform for the same sizes in every layer (a plain LLaMA config)")
         if self.attention_unit not in ATTENTION_UNITS:
             raise ConfigError(f"--attention-unit must be one of {', '.join(ATTENTION_UNITS)}, got {self.attention_unit!r}")
         if self.scoring not in SCORINGS:

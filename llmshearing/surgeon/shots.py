@@ -49,7 +49,7 @@ class SurgeonRun:
 
 def make_pruner(config, settings: SurgeonSettings):
     if settings.mode == STRUCTURED:
-        return StructuredPruning(config, settings.attention_unit)
+        return StructuredPruning(config, settings.attention_unit, uniform=settings.uniform)
     return SparsePruning(config, settings.mode)
 
 
@@ -104,6 +104,7 @@ def run_surgeon(model: LlamaForCausalLM, batches: Sequence[torch.Tensor], settin
     targets.
     """
     settings.validate()
+    model.config.require_uniform("LLM Surgeon")
     pruner = make_pruner(model.config, settings)
     run = SurgeonRun(pruner)
     blocks = _layer_blocks(model, settings, run, say)

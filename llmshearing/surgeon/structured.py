@@ -1,12 +1,16 @@
 """Structured pruning decisions: which attention units and MLP neurons each layer loses.
 
-Selection (uniform sizes, so the result is a plain LLaMA config):
-1. every unit of every layer is ranked by cost per weight against one global threshold that
-   removes (1 - density) of the prunable weights; this learns how much attention vs MLP to cut;
-2. the mean kept count per kind over layers becomes the uniform count (query heads: the same number
-   in every KV group), and the neuron count is set so the layer meets the density;
-3. each layer then removes its cheapest units of each kind.
-Units removed in an earlier shot stay removed (counts never grow back).
+Every unit of every layer is ranked by cost per weight against one global threshold that removes
+(1 - density) of the prunable weights; this learns how much attention vs MLP, and how much of each
+layer, to cut. The kept counts then become whole numbers:
+- uniform (``--uniform``, a plain LLaMA config): the mean kept count per kind over layers is used in
+  every layer (query heads: the same number in every KV group), and the neuron count is set so the
+  layer meets the density;
+- per layer (default): each layer keeps its own attention count (rounded to the same number of
+  query heads in every KV group), then the globally cheapest neurons go until the density is met;
+  every layer keeps at least one query head per KV group (one KV group) and one neuron.
+Each layer then removes its cheapest units of each kind. Units removed in an earlier shot stay
+removed (counts never grow back).
 """
 from __future__ import annotations
 
@@ -32,8 +36,8 @@ def _cheapest(costs: torch.Tensor, kind: UnitKind, keep_per_group: int, removed:
 
 
 class StructuredPruning:
-    def __init__(self, config: LlamaConfig, attention_unit: str):
-        self.config = config
+    def __init__(self, config: LlamaConfig, attention_unit: str, uniform: bool = True):
+        self.config, self.uniform = config, uniform
         self.attention = attention_kind(config, attention_unit)
         self.neurons = neuron_kind(config)
         self.kinds = (self.attention, self.neurons)
@@ -50,40 +54,74 @@ class StructuredPruning:
         return {kind.name: kind.costs(layer, curvatures) for kind in self.kinds}
 
     def select(self, costs: Dict[int, Dict[str, torch.Tensor]], density: float) -> None:
-        mean_kept = self._globally_kept(costs, density)
-        attention, neurons = self.attention, self.neurons
-        groups = attention.count // attention.group_size
-        per_group = round(mean_kept[attention.name] / groups)
-        per_group = max(1, min(per_group, attention.group_size - self._removed_per_group(attention)))
-        fixed = self.layer_params - sum(kind.count * kind.params for kind in self.kinds)
-        attention_params = per_group * groups * attention.params
-        kept_neurons = round((density * self.layer_params - fixed - attention_params) / neurons.params)
-        kept_neurons = max(1, min(kept_neurons, neurons.count - self._removed_per_group(neurons)))
-        for index, layer_costs in costs.items():
-            for kind, keep in ((attention, per_group), (neurons, kept_neurons)):
-                self.removed[kind.name][index] = _cheapest(layer_costs[kind.name], kind, keep,
+        kept = self._globally_kept(costs, density)
+        choose = self._uniform_counts if self.uniform else self._per_layer_counts
+        for index, counts in choose(costs, kept, density).items():
+            for kind in self.kinds:
+                self.removed[kind.name][index] = _cheapest(costs[index][kind.name], kind, counts[kind.name],
                                                            self.removed[kind.name][index])
 
-    def _removed_per_group(self, kind: UnitKind) -> int:
-        first = self.removed[kind.name][0]
-        return len(first) // (kind.count // kind.group_size)
+    def _uniform_counts(self, costs, kept: Dict[str, torch.Tensor], density: float) -> Dict[int, Dict[str, int]]:
+        """The same kept count in every layer: attention from the mean, neurons to meet the density."""
+        attention, neurons = self.attention, self.neurons
+        per_group = self._per_group(float(kept[attention.name].mean()), min(self._room(attention, i) for i in costs))
+        fixed = self.layer_params - sum(kind.count * kind.params for kind in self.kinds)
+        attention_params = per_group * self._groups * attention.params
+        kept_neurons = round((density * self.layer_params - fixed - attention_params) / neurons.params)
+        kept_neurons = max(1, min(kept_neurons, min(self._room(neurons, i) for i in costs)))
+        return {index: {attention.name: per_group, neurons.name: kept_neurons} for index in costs}
 
-    def _globally_kept(self, costs, density: float) -> Dict[str, float]:
-        """Mean kept units per layer of each kind under one global cost-per-weight threshold."""
-        keys, params, kinds = [], [], []
-        for index, layer_costs in costs.items():
+    def _per_layer_counts(self, costs, kept: Dict[str, torch.Tensor], density: float) -> Dict[int, Dict[str, int]]:
+        """Each layer's own attention count; then the globally cheapest neurons until the density is met."""
+        attention, neurons = self.attention, self.neurons
+        layers = list(costs)
+        per_group = {index: self._per_group(float(kept[attention.name][n]), self._room(attention, index))
+                     for n, index in enumerate(layers)}
+        attention_removed = sum(attention.count - keep * self._groups for keep in per_group.values()) * attention.params
+        target = (1.0 - density) * self.layer_params * len(layers)
+        already = sum(len(self.removed[neurons.name][index]) for index in layers)
+        n_removed = max(round((target - attention_removed) / neurons.params), already)
+        ranked = []
+        for index in layers:
+            cost = costs[index][neurons.name].clone()
+            cost[self.removed[neurons.name][index]] = -float("inf")
+            cost[cost.argmax()] = float("inf")  # every layer keeps at least its most costly neuron
+            ranked.append(cost)
+        chosen = torch.cat(ranked).argsort(stable=True)[:min(n_removed, (neurons.count - 1) * len(layers))]
+        removed_per_layer = torch.bincount(chosen // neurons.count, minlength=len(layers))
+        return {index: {attention.name: per_group[index], neurons.name: neurons.count - int(removed_per_layer[n])}
+                for n, index in enumerate(layers)}
+
+    @property
+    def _groups(self) -> int:
+        return self.attention.count // self.attention.group_size
+
+    def _per_group(self, kept_units: float, room: int) -> int:
+        """Whole units per group from a kept count: at least one, never more than still there."""
+        return max(1, min(round(kept_units / self._groups), room))
+
+    def _room(self, kind: UnitKind, index: int) -> int:
+        """Units per group that layer ``index`` still has (removed units never come back)."""
+        return kind.group_size - len(self.removed[kind.name][index]) // (kind.count // kind.group_size)
+
+    def _globally_kept(self, costs, density: float) -> Dict[str, torch.Tensor]:
+        """Kept units of each kind in each layer (in the order of ``costs``) under one global
+        cost-per-weight threshold."""
+        keys, params, kinds, layers = [], [], [], []
+        for n, (index, layer_costs) in enumerate(costs.items()):
             for kind_index, kind in enumerate(self.kinds):
                 per_weight = layer_costs[kind.name] / kind.params
                 per_weight[self.removed[kind.name][index]] = -float("inf")
                 keys.append(per_weight)
                 params.append(torch.full((kind.count,), kind.params, dtype=torch.float64))
                 kinds.append(torch.full((kind.count,), kind_index))
+                layers.append(torch.full((kind.count,), n))
         order = torch.cat(keys).argsort(stable=True)
         removed_params = torch.cat(params)[order].cumsum(0)
         target = (1.0 - density) * self.layer_params * len(costs)
         n_removed = int((removed_params < target).sum()) + (1 if target > 0 else 0)
-        removed_kinds = torch.cat(kinds)[order[:n_removed]]
-        return {kind.name: kind.count - float((removed_kinds == i).sum()) / len(costs)
+        removed_kinds, removed_layers = torch.cat(kinds)[order[:n_removed]], torch.cat(layers)[order[:n_removed]]
+        return {kind.name: kind.count - torch.bincount(removed_layers[removed_kinds == i], minlength=len(costs)).float()
                 for i, kind in enumerate(self.kinds)}
 
     @torch.no_grad()

@@ -1,0 +1,102 @@
+"""How the algorithms' own modules live with Composer's distributed wrappers (DDP, FSDP1).
+
+* ``composer_model(state)``: the ComposerLlama behind ``state.model``. Composer wraps the whole
+  model in DDP after Event.INIT, so from FIT_START on ``state.model`` may be the wrapper.
+* Replicated modules (the L0 masks and λ, the distillation projections): small (the masks of
+  LLaMA2-7B are 0.36M values; one 3072 -> 4096 projection is 0.3% of a 4B student) and read outside
+  the forward pass (Lagrangian, clamping, logging, the final plan),
+  where an FSDP FULL_SHARD unit holds only this rank's slice of one flattened vector. So they are
+  kept out of FSDP (``_fsdp_wrap = False``, which Composer respects for a ComposerModel's child):
+  every rank holds them whole, in fp32, on its device. Under DDP they are part of the DDP module,
+  which keeps them equal; under FSDP ``ReplicaSync`` does the same job: rank 0's values are
+  broadcast when training starts and gradients are averaged over the ranks before each optimizer
+  step, exactly what DDP would do.
+* ``shard_frozen``: a frozen, forward-only model (the distillation teacher) sharded like the
+  student under FSDP, so a 8B teacher costs 1/N of its weights per GPU instead of all of them.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+from composer.core import State
+from composer.devices import DeviceGPU
+from composer.utils import dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+def composer_model(state: State) -> nn.Module:
+    model = state.model
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def attach_replicated(state: State, name: str, module: nn.Module) -> nn.Module:
+    """Make ``module`` the child ``name`` of the ComposerModel, on the run's device, left out of FSDP.
+
+    Call at Event.INIT (before Composer wraps the model). Under FSDP the model is still on the CPU
+    then (FSDP moves its units), so the device comes from the trainer, not from the model.
+    """
+    module._fsdp_wrap = False
+    module = state.device.module_to_device(module)
+    setattr(composer_model(state), name, module)
+    return module
+
+
+class ReplicaSync:
+    """Keeps a replicated module identical on every rank when FSDP (not DDP) runs the model."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    @classmethod
+    def start(cls, state: State, module: nn.Module) -> Optional["ReplicaSync"]:
+        """At FIT_START: a sync that has broadcast rank 0's values, or None where DDP or one process suffices."""
+        if not (state.fsdp_enabled and dist.get_world_size() > 1):
+            return None
+        sync = cls(module)
+        sync.broadcast_from_rank_zero()
+        return sync
+
+    def broadcast_from_rank_zero(self) -> None:
+        with torch.no_grad():
+            for tensor in self._parameters():
+                dist.broadcast(tensor.data, src=0)
+
+    def average_gradients(self) -> None:
+        """One all-reduce of every gradient, flattened; call after backward, before the step."""
+        grads = [p.grad for p in self._parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        dist.all_reduce(flat, reduce_operation="SUM")
+        flat /= dist.get_world_size()
+        offset = 0
+        for grad in grads:
+            grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+            offset += grad.numel()
+
+    def _parameters(self) -> List[nn.Parameter]:
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+
+def shard_frozen(module: nn.Module, state: State, unit: type) -> nn.Module:
+    """FSDP-wrap a frozen model with the run's sharding strategy, one FSDP unit per ``unit`` submodule.
+
+    Forward only (no gradients, nothing to reduce): each forward all-gathers one unit at a time.
+    The parameters are all-gathered in the dtype they have (no mixed-precision casting: the teacher
+    is already in its compute dtype), buffers such as the RoPE frequencies keep theirs. Needs an
+    accelerator (torch's FSDP refuses CPU-only processes).
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    strategy = getattr(state.fsdp_config, "sharding_strategy", "FULL_SHARD").upper()
+    return FullyShardedDataParallel(
+        module,
+        sharding_strategy=ShardingStrategy[strategy],
+        auto_wrap_policy=ModuleWrapPolicy({unit}),
+        device_id=torch.cuda.current_device() if isinstance(state.device, DeviceGPU) else None,
+        limit_all_gathers=True,
+        use_orig_params=False,
+    )

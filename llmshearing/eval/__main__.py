@@ -1,0 +1,5 @@
+import sys
+
+from llmshearing.eval.cli import main
+
+sys.exit(main())

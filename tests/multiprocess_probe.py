@@ -1,0 +1,92 @@
+"""Test helper: a train.py run that also writes what each rank ended with.
+
+    [composer -n N] python tests/multiprocess_probe.py OUT_DIR CONFIG.yaml [key=value ...]
+    launch(out_dir, config, overrides, processes)   # the same from Python; the per-rank records
+
+Writes OUT_DIR/rank<r>.json: {"world_size": N, "losses": loss/train/* of every step (Composer logs
+the mean over ranks), "replicated": the values of the L0 masks / λ and distillation projections on
+this rank, "model": sha1 of this rank's student weights, "step_seconds": wall time of each step,
+"fsdp_units": FSDP-wrapped modules of the student and of the distillation teacher}.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from composer.core import Callback
+from composer.utils import dist
+from torch.distributed.fsdp import FullyShardedDataParallel
+
+from llmshearing.composer.distributed import composer_model
+from llmshearing.config import load_config
+from llmshearing.training import build_trainer
+
+REPLICATED = ("l0", "distill_projection")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def launch(out: Path, config, overrides: Sequence[str], processes: int, env: Optional[dict] = None) -> list:
+    """Run this probe in one process, or on ``processes`` ranks under Composer's launcher (which
+    picks a free port); the records of every rank."""
+    launcher = [str(Path(sys.executable).parent / "composer"), "-n", str(processes)]
+    command = [*(launcher if processes > 1 else [sys.executable]), __file__, str(out), str(config), *overrides]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600,
+                            env={**os.environ, **(env or {})})
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{(result.stdout + result.stderr)[-3000:]}")
+    return [json.loads((Path(out) / f"rank{rank}.json").read_text()) for rank in range(processes)]
+
+
+class RecordSteps(Callback):
+    def __init__(self) -> None:
+        self.losses, self.step_seconds, self._start = [], [], 0.0
+
+    def batch_start(self, state, logger) -> None:
+        self._start = time.perf_counter()
+
+    def batch_end(self, state, logger) -> None:
+        self.step_seconds.append(time.perf_counter() - self._start)
+        self.losses.append(dict(state.total_loss_dict))
+
+
+def replicated_values(model) -> dict:
+    return {f"{child}.{name}": param.detach().double().cpu().flatten().tolist()
+            for child in REPLICATED if getattr(model, child, None) is not None
+            for name, param in getattr(model, child).named_parameters()}
+
+
+def weights_digest(model) -> str:
+    digest = hashlib.sha1()
+    for param in model.model.parameters():
+        digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def fsdp_units(module) -> int:
+    return 0 if module is None else sum(isinstance(m, FullyShardedDataParallel) for m in module.modules())
+
+
+def main(out: str, yaml: str, *overrides: str) -> None:
+    trainer = build_trainer(load_config(yaml, overrides))
+    recorder = RecordSteps()
+    trainer.state.callbacks.append(recorder)
+    trainer.fit()
+    model = composer_model(trainer.state)
+    record = {"world_size": dist.get_world_size(), "losses": recorder.losses, "step_seconds": recorder.step_seconds,
+              "replicated": replicated_values(model), "model": weights_digest(model),
+              "fsdp_units": {"student": fsdp_units(model.model),
+                             "teacher": fsdp_units(next((getattr(a, "teacher", None) for a in trainer.state.algorithms
+                                                         if hasattr(a, "teacher")), None))}}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / f"rank{dist.get_global_rank()}.json").write_text(json.dumps(record))
+    trainer.close()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,62 @@
+"""benchmarks/reproduce.py: every row end to end at a tiny budget (a tiny source model, in-process)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmshearing.assets import load_tokenizer
+from llmshearing.convert import export_hf
+from llmshearing.model import LlamaConfig, LlamaForCausalLM
+from tests.helpers import load_benchmark_script
+
+TARGET = "hidden_size=64,num_attention_heads=2,num_key_value_heads=2,num_hidden_layers=2,intermediate_size=64"
+
+
+def test_curves_are_read_from_the_file_logger(tmp_path):
+    log = tmp_path / "metrics.txt"
+    log.write_text("[metric][batch=4]: metrics/eval/code/LanguageCrossEntropy: 3.5000 \n"
+                   "[metric][batch=4]: metrics/eval/all/LanguageCrossEntropy: 3.2500 \n"
+                   "[metric][batch=4]: loss/train/total: 9.0000 \n"
+                   "[metric][batch=8]: metrics/eval/code/LanguageCrossEntropy: 3.0000 \n")
+    assert load_benchmark_script("reproduce").read_curve(log, tokens_per_step=512) == [
+        (2048, {"code": 3.5, "all": 3.25}), (4096, {"code": 3.0})]
+
+
+def test_surgeon_density_keeps_the_target_projection_weights():
+    smollm2 = dict(hidden_size=576, head_dim=64, num_attention_heads=9, num_key_value_heads=3,
+                   num_hidden_layers=30, intermediate_size=1536)
+    target = dict(smollm2, num_attention_heads=3, intermediate_size=512)
+    reproduce = load_benchmark_script("reproduce")
+    assert reproduce.projection_parameters(target) / reproduce.projection_parameters(smollm2) == pytest.approx(0.375)
+
+
+@pytest.mark.slow
+def test_every_row_at_a_tiny_budget(sample_corpus, tmp_path):
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True)
+    source = export_hf(LlamaForCausalLM(config), tmp_path / "source", tokenizer=load_tokenizer())
+    out = tmp_path / "repro"
+    reproduce = load_benchmark_script("reproduce")
+    code = reproduce.main([
+        "--in-process", "--budget-tokens", "512", "--out", str(out), "--source", str(source), "--data", str(sample_corpus),
+        "--seq-len", "32", "--batch", "2", "--calib-samples", "8", "--evals-per-stage", "2", "--final-max-tokens", "64",
+        "--target", TARGET])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert not results["failures"] and set(results["rows"]) == {
+        "sheared_dynamic", "sheared_static", "minitron_kd", "surgeon_cpt", "scratch", "source"}
+    trained = {name: row for name, row in results["rows"].items() if name != "source"}
+    assert {row["training_tokens"] for row in trained.values()} == {512}
+    assert {row["shape"] for row in trained.values()} == {"64/2h/2kv/2L/64"}
+    for row in trained.values():
+        assert row["curve"] and row["curve"][-1][0] == 512  # the last eval at the end of the budget
+        assert set(row["eval"]["domains"]) == {"prose", "encyclopedia", "code", "technical", "mail"}
+    table = (out / "results.md").read_text()
+    assert table.startswith("Budget: 512 training tokens per row") and "Machine:" in table and "Date:" in table
+    body = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| row")]
+    assert [line.split(" | ")[0] for line in body] == [f"| {reproduce.ROW_TITLES[r]}" for r in reproduce.ROWS]
+    assert (out / "eval_loss_vs_tokens.png").stat().st_size > 10_000
