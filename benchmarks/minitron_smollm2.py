@@ -43,6 +43,9 @@ def parse_args():
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--depth-metric", default="block_importance")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--alpha", type=float, default=0.0,
+                        help="LM-loss share of (c)'s distillation loss (0: pure KD, as in the paper)")
+    parser.add_argument("--skip-lm", action="store_true", help="leave out (d), e.g. when only --alpha changes")
     return parser.parse_args()
 
 
@@ -70,13 +73,15 @@ def main() -> None:
 
     def recovered(teacher):
         return short_training(slice_model(source, plan), args.data, steps=args.steps, batch_size=args.batch_size,
-                              seq_len=args.seq_len, lr=args.lr, seed=args.seed, device=args.device, teacher=teacher)
+                              seq_len=args.seq_len, lr=args.lr, seed=args.seed, device=args.device, teacher=teacher,
+                              alpha=args.alpha)
 
     rows = {"source": timed("eval_source", lambda: evaluate(source))}
     rows["(a) importance"] = evaluate(slice_model(source, plan))
     rows["(b) random"] = evaluate(slice_model(source, random_plan))
     rows["(c) importance + KD"] = evaluate(timed("kd", lambda: recovered(source)))
-    rows["(d) importance + LM"] = evaluate(timed("lm", lambda: recovered(None)))
+    if not args.skip_lm:
+        rows["(d) importance + LM"] = evaluate(timed("lm", lambda: recovered(None)))
 
     domains = list(rows["source"])
     print(f"source {config_parameters(source.config):,} parameters -> target {TARGET} "

@@ -418,3 +418,13 @@ def test_truncated_safetensors(tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_model(tmp_path / "hf")
+
+
+def test_conversion_summary_shows_the_range_of_per_layer_sizes():
+    from llmshearing.convert.cli import _describe
+
+    config = tiny_config(intermediate_sizes=[10, 20, 37], num_attention_heads_per_layer=[6, 4, 2],
+                         num_key_value_heads_per_layer=[2, 2, 2])
+    assert "2-6 heads / 2 KV heads, MLP 10-37" in _describe(config)
+    assert _describe(config).endswith("(sizes differ per layer)")
+    assert "6 heads / 2 KV heads, MLP 37," in _describe(tiny_config())

@@ -35,9 +35,16 @@ def _warn(message: str) -> None:
 def _describe(config) -> str:
     from llmshearing.shape import config_parameters
 
+    def sizes(per_layer, uniform) -> str:
+        return f"{min(per_layer)}-{max(per_layer)}" if per_layer else str(uniform)
+
     return (f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, "
-            f"{config.num_attention_heads} heads / {config.num_key_value_heads} KV heads, "
-            f"MLP {config.intermediate_size}, {config_parameters(config) / 1e6:.1f}M parameters")
+            f"{sizes(config.num_attention_heads_per_layer, config.num_attention_heads)} heads / "
+            f"{sizes(config.num_key_value_heads_per_layer, config.num_key_value_heads)} KV heads, "
+            f"MLP {sizes(config.intermediate_sizes, config.intermediate_size)}, "
+            f"{config_parameters(config) / 1e6:.1f}M parameters"
+            + (" (sizes differ per layer)" if config.intermediate_sizes or config.num_attention_heads_per_layer
+               or config.num_key_value_heads_per_layer else ""))
 
 
 # ---- tokenizers ---------------------------------------------------------------------------------

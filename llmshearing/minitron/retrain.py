@@ -19,9 +19,11 @@ def short_training(
     seed: int = 0,
     device: str = "cpu",
     teacher: Optional[LlamaForCausalLM] = None,
+    alpha: float = 0.0,
 ) -> LlamaForCausalLM:
     """Train ``student`` for ``steps`` batches of ``batch_size`` x ``seq_len`` tokens (seeded mixture of
-    all domains); the same seed gives the same tokens with or without a teacher."""
+    all domains); the same seed gives the same tokens with or without a teacher. ``alpha`` is the LM
+    loss's share of the distillation loss (0: pure KD, as in Minitron)."""
     from composer import Trainer
     from composer.optim import DecoupledAdamW
 
@@ -39,7 +41,7 @@ def short_training(
         train_dataloader=loader,
         optimizers=DecoupledAdamW(student.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0),
         max_duration=f"{steps}ba",
-        algorithms=[Distillation(teacher)] if teacher is not None else [],
+        algorithms=[Distillation(teacher, alpha=alpha)] if teacher is not None else [],
         device="gpu" if str(device).startswith("cuda") else "cpu",
         seed=seed,
         progress_bar=False,
