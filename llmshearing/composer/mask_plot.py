@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import torch
 from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
@@ -26,7 +27,9 @@ class MaskSizePlot(Callback):
             return
         self.steps.append(step)
         targets = l0.target_fractions(step)
-        for name, value in l0.expected_sizes().items():
+        with torch.no_grad():
+            sizes = l0.expected_sizes()
+        for name, value in sizes.items():
             self.series.setdefault(name, []).append(float(value))
             self.series.setdefault(f"{name} target", []).append(float(targets[name]))
 
