@@ -11,7 +11,7 @@ listed separately, they are not training):
    both with dynamic batch loading (reference losses = the source's own per-domain loss)
 2. ``sheared_static``: the same with static (fixed, uniform) loading
 3. ``minitron_kd``: activation-importance pruning + knowledge distillation from the source
-4. ``surgeon_cpt``: LLM Surgeon structured ``--uniform`` at the target's density + continued
+4. ``surgeon_cpt``: LLM Surgeon structured to the target shape (``--target``) + continued
    pre-training (dynamic loading, as row 1's second stage)
 5. ``scratch``: the target architecture from random initialisation (static loading)
 6. ``source``: the source model itself (no training)
@@ -52,8 +52,9 @@ ROW_TITLES = {
     "source": "source model (no training)",
 }
 # SmolLM2-135M (576 / 9 heads, 3 KV / 30 layers / 1536) -> 68.2M parameters (50.7 %). Hidden size and
-# depth are kept because LLM Surgeon's structured mode removes heads and neurons only.
-DEFAULT_TARGET = "hidden_size=576,num_attention_heads=3,num_key_value_heads=3,num_hidden_layers=30,intermediate_size=512"
+# depth are kept because LLM Surgeon's structured mode removes heads and neurons only; 6 heads with
+# MLP 384 is the split LLM Surgeon's own global ranking picks at this size (--density 0.375).
+DEFAULT_TARGET = "hidden_size=576,num_attention_heads=6,num_key_value_heads=3,num_hidden_layers=30,intermediate_size=384"
 EVAL_LINE = re.compile(r"\[metric\]\[batch=(\d+)\]: metrics/eval/([^/\s]+)/LanguageCrossEntropy: (\S+)")
 Curve = List[Tuple[int, Dict[str, float]]]  # (training tokens, {domain or "all": loss})
 
@@ -252,8 +253,7 @@ def surgeon_cpt(stages: Stages) -> dict:
     s = stages.s
     pruned = stages.work / "surgeon_pruned_hf"
     stages.run("surgeon.prune", [PYTHON, "-m", "llmshearing.prune", "surgeon", "--model", s.source, "--data", s.data,
-                                 "--out", pruned, "--mode", "structured", "--uniform",
-                                 "--density", f"{target_density(s):.6f}", "--shots", s.surgeon_shots,
+                                 "--out", pruned, "--mode", "structured", "--target", s.target_arg, "--shots", s.surgeon_shots,
                                  "--calib-samples", s.calib_samples, "--seq-len", s.seq_len, "--seed", s.seed])
     start = stages.curve_point("surgeon_pruned", pruned, 0)
     model, curve = stages.cpt("surgeon_cpt", pruned, "dynamic", s.total_steps)
@@ -310,18 +310,6 @@ def target_config(s: Settings) -> dict:
     shape = TargetShape.from_mapping(s.target, source)
     shape.validate_against(source)
     return shape.config_for(source).to_dict()
-
-
-def projection_parameters(config: dict) -> int:
-    d, q = config["hidden_size"], config["head_dim"]
-    attention = 2 * d * q * (config["num_attention_heads"] + config["num_key_value_heads"])
-    return config["num_hidden_layers"] * (attention + 3 * d * config["intermediate_size"])
-
-
-def target_density(s: Settings) -> float:
-    """The fraction of the source's projection weights the target keeps (LLM Surgeon's --density)."""
-    target = target_config(s)
-    return projection_parameters(target) / projection_parameters(source_config(s).to_dict())
 
 
 # ---- curves, table, plot -----------------------------------------------------------------------

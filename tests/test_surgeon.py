@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from llmshearing.convert import export_hf, load_model
 from llmshearing.errors import ShapeError
+from llmshearing.model import LlamaConfig
 from llmshearing.plan import PruningPlan
 from llmshearing.prune.cli import main
 from llmshearing.slicing import slice_model
@@ -17,6 +18,7 @@ from llmshearing.surgeon.report import REPORT_FILE
 from llmshearing.surgeon.semi_structured import to_semi_structured, two_zeros_in_every_four
 from llmshearing.surgeon.settings import SurgeonSettings
 from llmshearing.surgeon.shots import run_surgeon
+from llmshearing.surgeon.target import target_counts
 from tests.helpers import tiny_model
 
 SHAPE = dict(hidden_size=48, intermediate_size=40, num_attention_heads=6, num_key_value_heads=2, head_dim=8)
@@ -124,6 +126,41 @@ def test_the_plan_with_replacement_weights_reslices_the_source(tmp_path):
     assert set(loaded.replacement_weights) == set(plan.replacement_weights)
     assert torch.allclose(slice_model(source, loaded)(TOKENS), sliced(TOKENS), atol=1e-5)
     assert torch.equal(source.model.layers[0].mlp.down_proj.weight, tiny_model(**SHAPE).model.layers[0].mlp.down_proj.weight)
+
+
+def shape_words(config):
+    return {key: getattr(config, key) for key in ("num_attention_heads", "num_key_value_heads", "intermediate_size")}
+
+
+@pytest.mark.parametrize("unit", ["head", "kv-group"])
+def test_a_target_shape_removes_what_the_density_run_removes_at_that_shape(unit):
+    """One shot: the counts the global ranking chose, given as a target, pick the same units."""
+    by_density, run, settings = pruned("structured", 0.6, uniform=True, attention_unit=unit)
+    chosen = shape_words(pruned_model(by_density, run, settings)[1].config)
+    by_target, target_run, target_settings = pruned("structured", uniform=True, attention_unit=unit, target=chosen)
+    assert shape_words(pruned_model(by_target, target_run, target_settings)[1].config) == chosen
+    assert target_run.pruner.removed == run.pruner.removed
+    assert all(torch.equal(a, b) for a, b in zip(projection_weights(by_target), projection_weights(by_density)))
+    assert target_settings.density == pytest.approx(target_run.shots[-1].density)
+
+
+def test_a_target_density_is_its_share_of_the_projection_weights():
+    smollm2 = LlamaConfig(vocab_size=49152, hidden_size=576, head_dim=64, num_attention_heads=9, num_key_value_heads=3,
+                          num_hidden_layers=30, intermediate_size=1536)
+    for heads, neurons in [(3, 512), (6, 384)]:  # the same parameter count
+        counts = target_counts(smollm2, dict(num_attention_heads=heads, num_key_value_heads=3, intermediate_size=neurons), "head")
+        assert counts.density == pytest.approx(0.375)
+        assert (counts.attention_per_group, counts.neurons) == (heads // 3, neurons)
+
+
+def test_a_target_shape_is_reached_exactly_over_several_shots():
+    target = dict(num_attention_heads=2, num_key_value_heads=2, intermediate_size=13)
+    model, run, settings = pruned("structured", target=target, shots=3)
+    plan, sliced = pruned_model(model, run, settings)
+    assert sliced.config.is_uniform and shape_words(sliced.config) == target
+    assert [shot.density for shot in run.shots] == sorted((shot.density for shot in run.shots), reverse=True)
+    assert len({shot.density for shot in run.shots}) == 3  # every shot removes some of the way
+    assert (model(TOKENS) - sliced(TOKENS)).abs().max().item() <= 1e-4
 
 
 def test_fine_tuning_between_shots_keeps_removed_units_at_zero():
@@ -254,6 +291,11 @@ def test_cli_sparse_modes_export_dense_weights_with_zeros(tiny_hf_dir, sample_co
     (("--mode", "unstructured"), "needs --density"),
     (("--density", "0.7", "--damping", "0"), "--damping must be positive"),
     (("--density", "0.7", "--shots", "0"), "--shots must be at least 1"),
+    (("--mode", "2:4", "--target", "intermediate_size=20"), "--target is for --mode structured"),
+    (("--density", "0.7", "--target", "intermediate_size=20"), "not both"),
+    (("--target", "hidden_size=32"), "target hidden_size=32 must equal the source's 48"),
+    (("--target", "num_attention_heads=2,num_key_value_heads=1"), "target num_key_value_heads=1 must equal"),
+    (("--target", "intermediate_size=80"), "larger than the source model's 40"),
 ])
 def test_bad_settings_are_one_line_errors(tiny_hf_dir, sample_corpus, tmp_path, capsys, options, message):
     assert surgeon(tiny_hf_dir, sample_corpus, tmp_path / "out", *options) == 2

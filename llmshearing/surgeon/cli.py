@@ -1,6 +1,8 @@
 """LLM Surgeon: K-FAC curvature pruning with correlated weight updates (structured, 2:4, unstructured).
 
     python -m llmshearing.prune surgeon --model SRC --data DIR --out DST --mode structured --density 0.7 --shots 8
+    python -m llmshearing.prune surgeon --model SRC --data DIR --out DST --mode structured \
+        --target num_attention_heads=6,num_key_value_heads=3,intermediate_size=384 --shots 4
     python -m llmshearing.prune surgeon --model SRC --data DIR --out DST --mode 2:4
     python -m llmshearing.prune surgeon --model SRC --data DIR --out DST --mode unstructured --density 0.5
 
@@ -26,6 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="structured: remove MLP neurons and attention heads (sliced); 2:4; unstructured")
     parser.add_argument("--density", type=float, default=None,
                         help="fraction of the layers' projection weights kept, in (0, 1] (2:4: 0.5, the default)")
+    parser.add_argument("--target", default=None,
+                        help="structured: an exact shape instead of --density, the same in every layer (implies "
+                             "--uniform), in HF config words: num_attention_heads, num_key_value_heads, "
+                             "intermediate_size (hidden_size and num_hidden_layers stay the source's)")
     parser.add_argument("--shots", type=int, default=1,
                         help="reach the density in this many shots (linear schedule), curvature re-estimated in between")
     parser.add_argument("--uniform", action="store_true",
@@ -45,10 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> SurgeonSettings:
+    from llmshearing.prune.cli import parse_target
+
     return SurgeonSettings(
         mode=args.mode, density=args.density, shots=args.shots, uniform=args.uniform,
         attention_unit=args.attention_unit, scoring=args.scoring, damping=args.damping,
         factor_memory_gb=args.factor_memory_gb, finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr,
+        target=parse_target(args.target) if args.target else None,
     ).validate()
 
 
@@ -65,6 +74,7 @@ def run(args: argparse.Namespace) -> Path:
     batches = calibration_batches(args.data, args.calib_samples, args.seq_len, args.batch_size, args.seed)
     args.model = resolve_model_path(args.model)
     model = load_model(args.model).model.to(args.device).eval()
+    settings.resolve_target(model.config)  # a shape error before anything else is loaded or written
     tokenizer = load_output_tokenizer(args)
     surgeon_run = run_surgeon(model, batches, settings)
     return export_result(model, surgeon_run, settings, args.out, tokenizer, started_at=started,

@@ -1,8 +1,8 @@
 """What an LLM Surgeon run does, checked before any model or data is loaded."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
 
 from llmshearing.errors import ConfigError
 from llmshearing.surgeon.sparse import TWO_FOUR, UNSTRUCTURED
@@ -28,15 +28,19 @@ class SurgeonSettings:
     finetune_steps: int = 0
     finetune_lr: float = 1e-5
     progress: bool = True
+    target: Optional[Dict[str, int]] = None  # structured: an exact uniform shape instead of a density
+    _target_density: Optional[float] = field(default=None, repr=False)  # set by resolve_target
 
     def validate(self) -> "SurgeonSettings":
         if self.mode not in MODES:
             raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.density is None:
+        if self.target is not None:
+            self._validate_target()
+        elif self.density is None:
             if self.mode != TWO_FOUR:
                 raise ConfigError(f"--mode {self.mode} needs --density (the fraction of weights kept, in (0, 1])")
             self.density = TWO_FOUR_DENSITY
-        if not 0.0 < self.density <= 1.0:
+        if self.density is not None and not 0.0 < self.density <= 1.0:
             raise ConfigError(f"--density must be in (0, 1], got {self.density}")
         if self.mode == TWO_FOUR and self.density != TWO_FOUR_DENSITY:
             raise ConfigError(f"--mode 2:4 keeps exactly half of the weights: --density must be 0.5 "
@@ -54,6 +58,23 @@ class SurgeonSettings:
         if self.factor_memory_gb is not None and self.factor_memory_gb <= 0:
             raise ConfigError(f"--factor-memory-gb must be positive, got {self.factor_memory_gb}")
         return self
+
+    def _validate_target(self) -> None:
+        if self.mode != STRUCTURED:
+            raise ConfigError(f"--target is for --mode structured (--mode {self.mode} keeps the shape)")
+        if self.density is not None and self.density != self._target_density:
+            raise ConfigError("give --density or --target, not both (the target fixes the density)")
+        self.uniform = True
+
+    def resolve_target(self, config):
+        """The counts ``--target`` keeps in every layer (None without one); sets the density from it."""
+        if self.target is None:
+            return None
+        from llmshearing.surgeon.target import target_counts
+
+        counts = target_counts(config, self.target, self.attention_unit)
+        self.density = self._target_density = counts.density
+        return counts
 
     def schedule(self) -> List[float]:
         """Target density after each shot: linear from 1 to ``density``."""

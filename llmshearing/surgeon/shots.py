@@ -48,8 +48,10 @@ class SurgeonRun:
 
 
 def make_pruner(config, settings: SurgeonSettings):
+    """The pruner for ``settings``; a ``--target`` fixes ``settings.density`` from the shape here."""
     if settings.mode == STRUCTURED:
-        return StructuredPruning(config, settings.attention_unit, uniform=settings.uniform)
+        return StructuredPruning(config, settings.attention_unit, uniform=settings.uniform,
+                                 target=settings.resolve_target(config))
     return SparsePruning(config, settings.mode)
 
 

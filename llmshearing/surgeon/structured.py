@@ -9,19 +9,22 @@ layer, to cut. The kept counts then become whole numbers:
 - per layer (default): each layer keeps its own attention count (rounded to the same number of
   query heads in every KV group), then the globally cheapest neurons go until the density is met;
   every layer keeps at least one query head per KV group (one KV group) and one neuron.
+- exact target (``--target``): the counts step linearly from the source's to the target's over the
+  shots (the global ranking is not needed).
 Each layer then removes its cheapest units of each kind. Units removed in an earlier shot stay
 removed (counts never grow back).
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
 from llmshearing.model.config import LlamaConfig
 from llmshearing.plan import PruningPlan
 from llmshearing.surgeon.curvature import IdentityCurvature
+from llmshearing.surgeon.target import TargetCounts
 from llmshearing.surgeon.units import UnitKind, attention_kind, neuron_kind, projection_sizes
 
 
@@ -36,8 +39,9 @@ def _cheapest(costs: torch.Tensor, kind: UnitKind, keep_per_group: int, removed:
 
 
 class StructuredPruning:
-    def __init__(self, config: LlamaConfig, attention_unit: str, uniform: bool = True):
-        self.config, self.uniform = config, uniform
+    def __init__(self, config: LlamaConfig, attention_unit: str, uniform: bool = True,
+                 target: Optional[TargetCounts] = None):
+        self.config, self.uniform, self.target = config, uniform or target is not None, target
         self.attention = attention_kind(config, attention_unit)
         self.neurons = neuron_kind(config)
         self.kinds = (self.attention, self.neurons)
@@ -54,9 +58,12 @@ class StructuredPruning:
         return {kind.name: kind.costs(layer, curvatures) for kind in self.kinds}
 
     def select(self, costs: Dict[int, Dict[str, torch.Tensor]], density: float) -> None:
-        kept = self._globally_kept(costs, density)
-        choose = self._uniform_counts if self.uniform else self._per_layer_counts
-        for index, counts in choose(costs, kept, density).items():
+        if self.target is not None:
+            counts_per_layer = self._target_counts(costs, density)
+        else:
+            choose = self._uniform_counts if self.uniform else self._per_layer_counts
+            counts_per_layer = choose(costs, self._globally_kept(costs, density), density)
+        for index, counts in counts_per_layer.items():
             for kind in self.kinds:
                 self.removed[kind.name][index] = _cheapest(costs[index][kind.name], kind, counts[kind.name],
                                                            self.removed[kind.name][index])
@@ -70,6 +77,18 @@ class StructuredPruning:
         kept_neurons = round((density * self.layer_params - fixed - attention_params) / neurons.params)
         kept_neurons = max(1, min(kept_neurons, min(self._room(neurons, i) for i in costs)))
         return {index: {attention.name: per_group, neurons.name: kept_neurons} for index in costs}
+
+    def _target_counts(self, costs, density: float) -> Dict[int, Dict[str, int]]:
+        """Counts this far along the way from the source's to the target's, the same in every layer."""
+        final = self.target.density
+        progress = 1.0 if final >= 1.0 else min(1.0, (1.0 - density) / (1.0 - final))
+        final_counts = {self.attention.name: self.target.attention_per_group, self.neurons.name: self.target.neurons}
+        counts = {}
+        for kind in self.kinds:
+            start = kind.group_size
+            wanted = round(start - progress * (start - final_counts[kind.name]))
+            counts[kind.name] = max(1, min(wanted, min(self._room(kind, index) for index in costs)))
+        return {index: dict(counts) for index in costs}
 
     def _per_layer_counts(self, costs, kept: Dict[str, torch.Tensor], density: float) -> Dict[int, Dict[str, int]]:
         """Each layer's own attention count; then the globally cheapest neurons until the density is met."""
