@@ -25,7 +25,7 @@ def manual_forward(model, ids, skip_layer=None):
     config = model.config
     batch, seq = ids.shape
     h = model.model.embed_tokens(ids)
-    cos, sin = rope_cos_sin(model.model.rope_inv_freq, torch.arange(seq), h.dtype)
+    cos, sin = rope_cos_sin(model.model.rope_inv_freq(h.device), torch.arange(seq), h.dtype)
     causal = torch.ones(seq, seq).tril().bool()
     records = []
     for index, layer in enumerate(model.model.layers):

@@ -207,3 +207,14 @@ def test_llama3_rope_scaling_changes_long_wavelengths_only():
                                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
     assert torch.allclose(scaled[:4], base[:4])  # high frequencies untouched
     assert torch.allclose(scaled[-1], base[-1] / 8)  # lowest frequency divided by the factor
+
+
+def test_casting_the_model_to_bf16_keeps_the_rope_frequencies_in_fp32():
+    from llmshearing.model.rope import rope_inverse_frequencies
+
+    model = tiny_model().to(torch.bfloat16)
+    config = model.config
+    frequencies = model.model.rope_inv_freq(torch.device("cpu"))
+    assert frequencies.dtype == torch.float32
+    assert torch.equal(frequencies, rope_inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling))
+    assert not any("rope" in name for name in model.state_dict())  # recomputed, never saved or cast

@@ -116,7 +116,7 @@ def teacher_layer_indices(student_layers: Sequence[int], student_depth: int, tea
 
 
 def cast_parameters(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Parameters to ``dtype``; buffers keep theirs (RoPE frequencies in bf16 would shift the angles)."""
+    """Parameters to ``dtype``; buffers keep theirs (the RoPE frequencies are not even a buffer: fp32 always)."""
     for param in model.parameters():
         param.data = param.data.to(dtype)
     return model

@@ -85,7 +85,7 @@ def shard_frozen(module: nn.Module, state: State, unit: type) -> nn.Module:
 
     Forward only (no gradients, nothing to reduce): each forward all-gathers one unit at a time.
     The parameters are all-gathered in the dtype they have (no mixed-precision casting: the teacher
-    is already in its compute dtype), buffers such as the RoPE frequencies keep theirs. Needs an
+    is already in its compute dtype); the RoPE frequencies are fp32 outside any cast. Needs an
     accelerator (torch's FSDP refuses CPU-only processes).
     """
     from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy

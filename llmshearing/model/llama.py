@@ -135,16 +135,24 @@ class LlamaModel(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config.layer_config(i)) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        inv_freq = rope_inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
-        self.register_buffer("rope_inv_freq", inv_freq, persistent=False)
+        # a plain fp32 attribute, not a buffer: casting the model (``.to(bfloat16)``, FSDP's buffer
+        # dtype) would round the frequencies and shift every rotation angle at long positions
+        self._rope_args = (config.head_dim, config.rope_theta, config.rope_scaling)
+        self._rope_inv_freq = torch.empty(0, device="meta")
         self.gradient_checkpointing = False
+
+    def rope_inv_freq(self, device: torch.device) -> torch.Tensor:
+        """RoPE inverse frequencies in fp32 on ``device`` (computed there once)."""
+        if self._rope_inv_freq.device != device:
+            self._rope_inv_freq = rope_inverse_frequencies(*self._rope_args).to(device)
+        return self._rope_inv_freq
 
     def forward(self, input_ids: torch.Tensor, masks: Optional[Masks] = None) -> torch.Tensor:
         masks = masks or {}
         hidden_z = masks.get("hidden_z")
         h = _scale(self.embed_tokens(input_ids), hidden_z)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        cos, sin = rope_cos_sin(self.rope_inv_freq, positions, h.dtype)
+        cos, sin = rope_cos_sin(self.rope_inv_freq(input_ids.device), positions, h.dtype)
         for index, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training:
                 h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, masks, index, use_reentrant=False)
@@ -179,8 +187,6 @@ class LlamaForCausalLM(nn.Module):
             model = model.to(dtype)
         if config.tie_word_embeddings:
             model.lm_head.weight = model.model.embed_tokens.weight
-        inv_freq = rope_inverse_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
-        model.model.rope_inv_freq = inv_freq.to(model.lm_head.weight.device)
         return model
 
     def reset_parameters(self):
