@@ -162,6 +162,43 @@ def test_a_shard_with_corrupt_samples_is_named_when_read_in_a_worker(corpus_copy
     assert code == 2 and line.startswith(f"error: shard file {shard} is corrupt: its sample "), line
 
 
+def _rewrite_split(split: Path, change) -> Path:
+    """Write ``split`` again, a valid MDS split, with ``change`` applied to every sample's tokens."""
+    from streaming import LocalDataset, MDSWriter
+
+    samples = [change(sample["tokens"].copy()) for sample in LocalDataset(local=str(split))]
+    shutil.rmtree(split)
+    with MDSWriter(out=str(split), columns={"tokens": "ndarray:int32"}) as writer:
+        for tokens in samples:
+            writer.write({"tokens": tokens})
+    return sorted(split.glob("*.mds"))[0]
+
+
+def _out_of_vocabulary(tokens):
+    tokens[5] = 60_000
+    return tokens
+
+
+def test_token_ids_outside_the_vocabulary_are_named_with_their_shard(corpus_copy, capsys):
+    shard = _rewrite_split(corpus_copy / "prose" / "train", _out_of_vocabulary)
+    code, line = train(capsys, f"data.path={corpus_copy}", *SHORT_RUN)
+    assert code == 2 and line.startswith(f"error: shard file {shard} is corrupt: its sample "), line
+    assert line.endswith("(token id 60000 is outside the corpus's vocabulary of 49152 tokens)"), line
+
+
+def test_token_ids_outside_the_vocabulary_in_an_eval_split_are_named(corpus_copy, tmp_path, capsys):
+    from llmshearing.convert import export_hf
+    from llmshearing.eval.cli import main as eval_main
+    from llmshearing.model import LlamaForCausalLM
+
+    model = export_hf(LlamaForCausalLM(tiny_config(vocab_size=49152)), tmp_path / "hf")
+    _rewrite_split(corpus_copy / "code" / "eval", _out_of_vocabulary)
+    assert eval_main([str(model), "--data", str(corpus_copy), "--out", str(tmp_path / "r.json")]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (f"error: eval split {corpus_copy / 'code' / 'eval'}, sample 0: token id 60000 is outside "
+                    f"the corpus's vocabulary of 49152 tokens"), line
+
+
 def test_a_missing_domain_directory_is_named(corpus_copy, capsys):
     shutil.rmtree(corpus_copy / "code")
     code, line = train(capsys, f"data.path={corpus_copy}")

@@ -80,12 +80,12 @@ def rank_eval_loaders(cfg: TrainConfig, domains: Sequence[str], batches: int) ->
     from llmshearing.data.corpus import domain_split_dir
     from llmshearing.data.loaders import TokenEvalDataset, checked_manifest
 
-    checked_manifest(cfg.data.path, domains, cfg.data.seq_len)
+    vocab_size = checked_manifest(cfg.data.path, domains, cfg.data.seq_len).get("vocab_size")
     count = batches * cfg.device_eval_batch_size
     first = dist.get_global_rank() * count
     loaders = []
     for domain in domains:
-        split = TokenEvalDataset(domain_split_dir(cfg.data.path, domain, "eval"), cfg.data.seq_len)
+        split = TokenEvalDataset(domain_split_dir(cfg.data.path, domain, "eval"), cfg.data.seq_len, vocab_size=vocab_size)
         share = Subset(split, [(first + index) % len(split) for index in range(count)])
         loaders.append(DataLoader(share, batch_size=cfg.device_eval_batch_size, shuffle=False))
     return loaders

@@ -21,6 +21,8 @@ def calibration_batches(
     """``num_samples`` sequences drawn evenly from the domains (seeded), as LongTensor batches."""
     from streaming import LocalDataset
 
+    from llmshearing.data.loaders import to_model_input
+
     if num_samples < 1:
         raise CorpusError(f"the calibration set is empty: num_samples={num_samples}")
     manifest = load_manifest(data_dir)
@@ -41,7 +43,7 @@ def calibration_batches(
         picks = rng.permutation(len(samples))[:count]
         if len(picks) < count:  # tiny domain: repeat rather than silently shrink the set
             picks = np.resize(picks, count)
-        rows.extend(samples[int(i)]["tokens"][:seq_len].astype(np.int64) for i in picks)
+        rows.extend(to_model_input(samples[int(i)], seq_len, manifest.get("vocab_size"))["input_ids"] for i in picks)
     order = rng.permutation(len(rows))
-    stacked = torch.from_numpy(np.stack([rows[i] for i in order]))
+    stacked = torch.stack([rows[i] for i in order])
     return list(stacked.split(batch_size))

@@ -35,7 +35,8 @@ STATE_FORMAT = "llmshearing.dynamic_mixture/1"
 
 class DynamicMixtureDataset(IterableDataset):
     def __init__(self, reader: StreamingDataset, domains: Sequence[str], sampler: MixtureSampler,
-                 table: WeightTable, seq_len: int, rank: int = 0, world_size: int = 1) -> None:
+                 table: WeightTable, seq_len: int, vocab_size: int | None = None, rank: int = 0,
+                 world_size: int = 1) -> None:
         if sampler.global_batch_size % world_size:
             raise ConfigError(f"global batch size {sampler.global_batch_size} is not divisible "
                               f"by {world_size} ranks")
@@ -45,7 +46,7 @@ class DynamicMixtureDataset(IterableDataset):
         self.domains = list(domains)
         self.sampler = sampler
         self.table = table
-        self.seq_len = seq_len
+        self.seq_len, self.vocab_size = seq_len, vocab_size
         self.rank = rank
         self.local_batch_size = sampler.global_batch_size // world_size
         self._offsets = np.asarray(reader.sample_offset_per_stream, dtype=np.int64)
@@ -72,7 +73,7 @@ class DynamicMixtureDataset(IterableDataset):
         sample_ids = self._offsets[domains] + self.sampler.sample_indices(domains, draw_numbers)
         for domain, sample_id in zip(domains.tolist(), sample_ids.tolist()):
             try:
-                sample = to_model_input(self.reader.get_item(sample_id), self.seq_len)
+                sample = to_model_input(self.reader.get_item(sample_id), self.seq_len, self.vocab_size)
             except Exception as exc:  # noqa: BLE001 - a damaged shard fails in many ways
                 raise unreadable_sample(self.reader, sample_id, exc) from exc
             sample["domain"] = domain  # collated into a LongTensor [batch]

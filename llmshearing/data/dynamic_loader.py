@@ -24,12 +24,12 @@ def build_dynamic_train_dataloader(data_dir: str | Path, domains: Sequence[str],
     """Loader of this rank's share of each global batch, mixed by weights that may change every
     ``update_interval`` steps (``None``: static) up to ``max_steps``; train shards are read from
     ``data_dir`` or, with ``remote``, streamed from there into ``data_dir``."""
-    checked_manifest(data_dir, domains, seq_len)
+    manifest = checked_manifest(data_dir, domains, seq_len)
     weights = normalize_proportions(domains, proportions)
     streams = [train_stream(data_dir, domain, remote) for domain in domains]
     reader = StreamingDataset(streams=streams, shuffle=False)
     sampler = MixtureSampler(seed, reader.samples_per_stream, global_batch_size, max_repeats)
     table = WeightTable(weights, update_interval, max_steps)
-    dataset = DynamicMixtureDataset(reader, domains, sampler, table, seq_len,
+    dataset = DynamicMixtureDataset(reader, domains, sampler, table, seq_len, manifest.get("vocab_size"),
                                     rank=dist.get_global_rank(), world_size=dist.get_world_size())
     return DataLoader(dataset, batch_size=dataset.local_batch_size, num_workers=num_workers)

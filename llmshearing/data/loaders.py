@@ -25,7 +25,7 @@ from composer.utils import dist
 from streaming import LocalDataset, StreamingDataLoader, StreamingDataset
 from torch.utils.data import DataLoader, Dataset
 
-from llmshearing.data.corpus import check_domains, domain_split_dir, load_manifest
+from llmshearing.data.corpus import CorpusError, check_domains, domain_split_dir, load_manifest
 from llmshearing.data.remote import train_stream
 from llmshearing.data.shard_errors import unreadable_sample
 from llmshearing.errors import ConfigError
@@ -53,23 +53,29 @@ def normalize_proportions(domains: Sequence[str],
     return [value / total for value in values]
 
 
-def to_model_input(sample: dict[str, Any], seq_len: int) -> dict[str, torch.Tensor]:
+def to_model_input(sample: dict[str, Any], seq_len: int, vocab_size: int | None = None) -> dict[str, torch.Tensor]:
+    """The first ``seq_len`` tokens; ids outside the corpus's vocabulary are refused here, on the
+    CPU, where the error can name the data (in the embedding they fail as an index or CUDA assert)."""
     tokens = sample["tokens"]
     if len(tokens) < seq_len:
         raise ConfigError(f"stored sample has {len(tokens)} tokens, fewer than seq_len={seq_len}")
-    return {"input_ids": torch.from_numpy(tokens[:seq_len].astype(np.int64))}
+    tokens = tokens[:seq_len].astype(np.int64)
+    if vocab_size is not None and len(tokens) and not 0 <= tokens.min() <= tokens.max() < vocab_size:
+        bad = int(tokens.max()) if tokens.max() >= vocab_size else int(tokens.min())
+        raise CorpusError(f"token id {bad} is outside the corpus's vocabulary of {vocab_size} tokens")
+    return {"input_ids": torch.from_numpy(tokens)}
 
 
 class TokenStreamingDataset(StreamingDataset):
     """StreamingDataset of MDS token samples that yields ``{"input_ids": LongTensor[seq_len]}``."""
 
-    def __init__(self, *, seq_len: int, **kwargs: Any) -> None:
+    def __init__(self, *, seq_len: int, vocab_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.seq_len = seq_len
+        self.seq_len, self.vocab_size = seq_len, vocab_size
 
     def get_item(self, sample_id: int, retry: int = 7) -> dict[str, torch.Tensor]:
         try:
-            return to_model_input(super().get_item(sample_id, retry), self.seq_len)
+            return to_model_input(super().get_item(sample_id, retry), self.seq_len, self.vocab_size)
         except Exception as exc:  # noqa: BLE001 - a damaged shard fails in many ways
             raise unreadable_sample(self, sample_id, exc) from exc
 
@@ -77,9 +83,10 @@ class TokenStreamingDataset(StreamingDataset):
 class TokenEvalDataset(Dataset):
     """The first ``max_samples`` samples (all when None) of one MDS split, in stored order."""
 
-    def __init__(self, split_dir: Path, seq_len: int, max_samples: int | None = None) -> None:
+    def __init__(self, split_dir: Path, seq_len: int, max_samples: int | None = None,
+                 vocab_size: int | None = None) -> None:
         self._samples = LocalDataset(local=str(split_dir))
-        self._seq_len = seq_len
+        self._seq_len, self._vocab_size = seq_len, vocab_size
         available = len(self._samples)
         self._length = available if max_samples is None else min(available, max_samples)
 
@@ -89,7 +96,10 @@ class TokenEvalDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self._length:
             raise IndexError(f"sample index {index} out of range [0, {self._length})")
-        return to_model_input(self._samples[index], self._seq_len)
+        try:
+            return to_model_input(self._samples[index], self._seq_len, self._vocab_size)
+        except CorpusError as exc:
+            raise CorpusError(f"eval split {self._samples.local}, sample {index}: {exc}") from exc
 
 
 def checked_manifest(data_dir: str | Path, domains: Sequence[str], seq_len: int) -> dict:
@@ -111,11 +121,12 @@ def build_train_dataloader(data_dir: str | Path, domains: Sequence[str],
                            shuffle: bool = True, remote: str | None = None) -> StreamingDataLoader:
     """Loader over the domains' train splits mixed statically by ``proportions`` (train shards
     local, or streamed from ``remote`` into ``data_dir``)."""
-    checked_manifest(data_dir, domains, seq_len)
+    manifest = checked_manifest(data_dir, domains, seq_len)
     weights = normalize_proportions(domains, proportions)
     streams = [train_stream(data_dir, domain, remote, proportion=weight)
                for domain, weight in zip(domains, weights) if weight > 0]
-    dataset = TokenStreamingDataset(seq_len=seq_len, streams=streams, batch_size=batch_size,
+    dataset = TokenStreamingDataset(seq_len=seq_len, vocab_size=manifest.get("vocab_size"), streams=streams,
+                                    batch_size=batch_size,
                                     shuffle=shuffle, shuffle_seed=seed)
     return StreamingDataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                                drop_last=True)
@@ -129,13 +140,13 @@ def build_eval_dataloaders(data_dir: str | Path, domains: Sequence[str], batch_s
     With several ranks each reads its share through a ``DistributedSampler`` (Composer refuses
     map-style loaders without one, and the metrics are reduced across ranks anyway).
     """
-    checked_manifest(data_dir, domains, seq_len)
+    vocab_size = checked_manifest(data_dir, domains, seq_len).get("vocab_size")
     if max_batches is not None and max_batches < 1:
         raise ConfigError(f"max_batches must be positive or None, got {max_batches}")
     max_samples = None if max_batches is None else max_batches * batch_size
     loaders = {}
     for domain in domains:
-        split = TokenEvalDataset(domain_split_dir(data_dir, domain, "eval"), seq_len, max_samples)
+        split = TokenEvalDataset(domain_split_dir(data_dir, domain, "eval"), seq_len, max_samples, vocab_size)
         sampler = dist.get_sampler(split, shuffle=False) if dist.get_world_size() > 1 else None
         loaders[domain] = DataLoader(split, batch_size=batch_size, shuffle=False, sampler=sampler,
                                      num_workers=num_workers)

@@ -64,10 +64,10 @@ def split_loaders(data_dir, domains: Sequence[str], *, split: str, batch_size: i
     from llmshearing.data.corpus import domain_split_dir
     from llmshearing.data.loaders import TokenEvalDataset, checked_manifest
 
-    checked_manifest(data_dir, domains, seq_len)
+    vocab_size = checked_manifest(data_dir, domains, seq_len).get("vocab_size")
     limits = [n for n in (max_samples, max_batches and max_batches * batch_size) if n]
     limit = min(limits) if limits else None
-    return {domain: DataLoader(TokenEvalDataset(domain_split_dir(data_dir, domain, split), seq_len, limit),
+    return {domain: DataLoader(TokenEvalDataset(domain_split_dir(data_dir, domain, split), seq_len, limit, vocab_size),
                                batch_size=batch_size, shuffle=False)
             for domain in domains}
 
