@@ -126,6 +126,19 @@ def test_autoresume_without_its_latest_link_takes_the_newest_whole_checkpoint(ch
     assert not list(folder.glob(f"{PARTIAL_PREFIX}*"))  # the killed save's leftovers are gone
 
 
+def test_verify_checkpoint_false_skips_only_the_crc_check(checkpoint):
+    from llmshearing.composer.checkpointing import check_checkpoint_to_load
+
+    flipped = damage(checkpoint, "flipped")
+    cfg = load_config(TINY, [f"load_path={flipped}", "verify_checkpoint=false"])
+    assert check_checkpoint_to_load(cfg) == flipped  # what a user who turned the check off asked for
+    with pytest.raises(CheckpointError, match="CRC"):
+        check_checkpoint_to_load(load_config(TINY, [f"load_path={flipped}"]))
+    damage(flipped, "truncated")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        check_checkpoint_to_load(cfg)  # a cut-off archive is still refused without the CRC pass
+
+
 def test_verify_accepts_a_whole_checkpoint(checkpoint):
     assert verify_checkpoint_file(checkpoint) == checkpoint
     with pytest.raises(CheckpointError, match="not found"):

@@ -59,9 +59,9 @@ def check_checkpoint_to_load(cfg: TrainConfig) -> Optional[Path]:
         if not latest.exists():
             _repoint_latest(folder, latest)
         if latest.exists():
-            return verify_checkpoint_file(latest.resolve())
+            return verify_checkpoint_file(latest.resolve(), cfg.verify_checkpoint)
     if cfg.load_path and _is_local(cfg.load_path):
-        return verify_checkpoint_file(cfg.load_path)
+        return verify_checkpoint_file(cfg.load_path, cfg.verify_checkpoint)
     return None
 
 

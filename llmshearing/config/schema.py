@@ -107,6 +107,7 @@ class TrainConfig:
     autoresume: bool = False
     load_path: Optional[str] = None
     load_weights_only: bool = False
+    verify_checkpoint: bool = True  # check every CRC of the local checkpoint to load first (~1 s/GB)
     loggers: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # name -> kwargs
     console_log_interval: str = "10ba"
     progress_bar: bool = False
