@@ -19,6 +19,7 @@ from composer.utils import dist, reproducibility
 
 from llmshearing.composer import L0Pruning, MaskSizePlot, StopOnNonFiniteLoss
 from llmshearing.composer.checkpointing import check_checkpoint_to_load, install_atomic_checkpoint_writes
+from llmshearing.composer.distributed import allow_fsdp_on_cpu
 from llmshearing.config.schema import TrainConfig
 from llmshearing.errors import ConfigError
 from llmshearing.model.composer_model import ComposerLlama
@@ -78,13 +79,26 @@ def check_target(cfg: TrainConfig, model: ComposerLlama) -> None:
     TargetShape.from_mapping(cfg.pruning.target, model.config).validate_against(model.config)
 
 
+def fsdp_settings(cfg: TrainConfig) -> Optional[dict]:
+    """Composer's FSDP settings for ``cfg``; activation checkpointing is non-reentrant.
+
+    Composer's default, reentrant checkpointing, re-runs a layer in backward on inputs it saw
+    only as a dict of tensors (the masks) and back-propagates into their graph once per layer:
+    the second layer's backward fails ("backward through the graph a second time").
+    """
+    if not cfg.fsdp:
+        return None
+    if cfg.fsdp.get("activation_checkpointing_reentrant"):
+        raise ConfigError("fsdp.activation_checkpointing_reentrant=true cannot back-propagate into the masks "
+                          "the decoder layers share: leave it out (non-reentrant checkpointing is used)")
+    return {**cfg.fsdp, "activation_checkpointing_reentrant": False}
+
+
 def check_parallelism(cfg: TrainConfig) -> None:
-    """FSDP settings that would fail deep inside torch, or recompute every layer twice."""
+    """FSDP settings that would fail on the first backward, or recompute every layer twice."""
     if not cfg.fsdp:
         return
-    if cfg.device == "cpu" or (cfg.device is None and not torch.cuda.is_available()):
-        raise ConfigError("FSDP needs GPUs (torch's FSDP refuses CPU-only processes): set fsdp=null; "
-                          "`composer -n N train.py ...` then runs N CPU processes with DDP")
+    fsdp_settings(cfg)
     if cfg.fsdp.get("activation_checkpointing") and cfg.model.gradient_checkpointing:
         raise ConfigError("model.gradient_checkpointing and fsdp.activation_checkpointing both checkpoint every "
                           "decoder layer: keep one (model.gradient_checkpointing=false under FSDP)")
@@ -202,6 +216,8 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     check_checkpoint_to_load(cfg)  # a corrupt checkpoint fails now, named, not deep inside torch.load
     install_atomic_checkpoint_writes()
     check_parallelism(cfg)
+    if cfg.fsdp:
+        allow_fsdp_on_cpu()
     reproducibility.seed_all(cfg.seed)
     model = build_model(cfg)
     check_target(cfg, model)
@@ -209,7 +225,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     callbacks = build_callbacks(cfg, train_loader)
     save_tokenizer(cfg, model.config.vocab_size)
     optimizer = build_optimizer(cfg, model)
-    parallelism = {"fsdp": cfg.fsdp} if cfg.fsdp else None
+    parallelism = {"fsdp": fsdp_settings(cfg)} if cfg.fsdp else None
     return Trainer(
         run_name=cfg.run_name,
         model=model,

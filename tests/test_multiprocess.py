@@ -37,24 +37,37 @@ def run_overrides(kind: str, corpus: Path, models) -> tuple:
     return KD_YAML, [f"data.path={corpus}", f"model.path={student}", f"teacher.path={teacher}", *SHORT, *RUNS[kind]]
 
 
+FSDP = ["model.gradient_checkpointing=false", "fsdp={sharding_strategy: FULL_SHARD, mixed_precision: DEFAULT, "
+        "activation_checkpointing: true, state_dict_type: full}"]
+CPU_RANKS = {"OMP_NUM_THREADS": "1"}  # two ranks on two cores: one thread each (else 4-5x slower)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["prune", "cpt", "kd"])
 def test_two_processes_train_like_one_with_the_same_global_batch(kind, sample_corpus, teacher_and_student,  # noqa: F811
                                                                  tmp_path):
+    """DDP and FSDP (FULL_SHARD, per-layer units, activation checkpointing) on two CPU processes."""
     yaml, overrides = run_overrides(kind, sample_corpus, teacher_and_student)
     (single,) = launch(tmp_path / "one", yaml, overrides, processes=1)
-    rank0, rank1 = launch(tmp_path / "two", yaml, overrides, processes=2)
-    assert rank0["world_size"] == 2 and len(single["losses"]) == len(rank0["losses"]) == 4
-    # every rank ends with the same student, masks, λ and projections
-    assert rank0["model"] == rank1["model"] and rank0["replicated"] == rank1["replicated"]
+    ddp = launch(tmp_path / "ddp", yaml, overrides, processes=2, env=CPU_RANKS)
+    fsdp = launch(tmp_path / "fsdp", yaml, [*overrides, *FSDP], processes=2, env=CPU_RANKS)
     expected = {"prune": "l0.lambda_1.hidden", "cpt": None, "kd": "distill_projection.maps.0.weight"}[kind]
-    assert expected is None or expected in rank0["replicated"]
-    # ... and trains like one process with the same global batch
-    for one, two in zip(single["losses"], rank0["losses"]):
-        assert one.keys() == two.keys()
-        assert all(abs(one[k] - two[k]) <= TOLERANCE * max(1.0, abs(one[k])) for k in one), (one, two)
-    for name, values in single["replicated"].items():
-        assert max(abs(a - b) for a, b in zip(values, rank0["replicated"][name])) <= TOLERANCE, name
+    layers = 3 if kind == "kd" else 4
+    assert fsdp[0]["fsdp_units"] == {"student": layers + 1, "teacher": 5 if kind == "kd" else 0}  # root + layers
+    assert ddp[0]["fsdp_units"] == {"student": 0, "teacher": 0}
+    for rank0, rank1 in (ddp, fsdp):
+        assert rank0["world_size"] == 2 and len(single["losses"]) == len(rank0["losses"]) == 4
+        # every rank ends with the same masks, λ and projections (whole under FSDP, not a shard)
+        assert rank0["replicated"] == rank1["replicated"]
+        assert expected is None or expected in rank0["replicated"]
+        # ... and trains like one process with the same global batch
+        for one, two in zip(single["losses"], rank0["losses"]):
+            assert one.keys() == two.keys()
+            assert all(abs(one[k] - two[k]) <= TOLERANCE * max(1.0, abs(one[k])) for k in one), (one, two)
+        for name, values in single["replicated"].items():
+            assert len(values) == len(rank0["replicated"][name]), name
+            assert max(abs(a - b) for a, b in zip(values, rank0["replicated"][name])) <= TOLERANCE, name
+    assert ddp[0]["model"] == ddp[1]["model"]  # DDP: whole identical students (FSDP ranks hold shards)
 
 
 def _sync_worker(rank: int, port: int, out: str) -> None:

@@ -13,6 +13,9 @@
   step, exactly what DDP would do.
 * ``shard_frozen``: a frozen, forward-only model (the distillation teacher) sharded like the
   student under FSDP, so a 8B teacher costs 1/N of its weights per GPU instead of all of them.
+* ``allow_fsdp_on_cpu``: torch's FSDP1 runs in CPU processes over gloo, but Composer 0.32.1 hands
+  it ``device_id=torch.cuda.current_device()``, which has no answer there; with this, an FSDP
+  yaml runs under ``composer -n N`` on CPUs too (how the tests check the FSDP path without a GPU).
 """
 from __future__ import annotations
 
@@ -24,6 +27,33 @@ from composer.devices import DeviceGPU
 from composer.utils import dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+
+def _cpu_device_id() -> torch.device:
+    return torch.device("cpu")
+
+
+def allow_fsdp_on_cpu() -> None:
+    """Route Composer's FSDP1 set-up to the CPU when the trainer's device is the CPU (idempotent)."""
+    import composer.distributed as composer_distributed
+    from composer.devices import DeviceCPU
+
+    prepare = composer_distributed.prepare_fsdp_module
+    if getattr(prepare, "cpu_capable", False):
+        return
+
+    def prepare_fsdp_module(model, optimizers, fsdp_config, precision=None, device=None, *args, **kwargs):
+        if not isinstance(device, DeviceCPU):
+            return prepare(model, optimizers, fsdp_config, precision, device, *args, **kwargs)
+        current_device = torch.cuda.current_device
+        torch.cuda.current_device = _cpu_device_id  # read once, as FSDP's device_id
+        try:
+            return prepare(model, optimizers, fsdp_config, precision, device, *args, **kwargs)
+        finally:
+            torch.cuda.current_device = current_device
+
+    prepare_fsdp_module.cpu_capable = True
+    composer_distributed.prepare_fsdp_module = prepare_fsdp_module
 
 
 def composer_model(state: State) -> nn.Module:
@@ -85,8 +115,7 @@ def shard_frozen(module: nn.Module, state: State, unit: type) -> nn.Module:
 
     Forward only (no gradients, nothing to reduce): each forward all-gathers one unit at a time.
     The parameters are all-gathered in the dtype they have (no mixed-precision casting: the teacher
-    is already in its compute dtype); the RoPE frequencies are fp32 outside any cast. Needs an
-    accelerator (torch's FSDP refuses CPU-only processes).
+    is already in its compute dtype); the RoPE frequencies are fp32 outside any cast.
     """
     from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
@@ -96,7 +125,7 @@ def shard_frozen(module: nn.Module, state: State, unit: type) -> nn.Module:
         module,
         sharding_strategy=ShardingStrategy[strategy],
         auto_wrap_policy=ModuleWrapPolicy({unit}),
-        device_id=torch.cuda.current_device() if isinstance(state.device, DeviceGPU) else None,
+        device_id=torch.cuda.current_device() if isinstance(state.device, DeviceGPU) else _cpu_device_id(),
         limit_all_gathers=True,
         use_orig_params=False,
     )
