@@ -1,4 +1,4 @@
-"""Multi-process training: `composer -n 2` (gloo, DDP on CPU) for pruning, CPT and KD, FSDP wrapping.
+"""Multi-process training: `composer -n 2` (gloo, DDP and FSDP on CPU) for pruning, CPT and KD, FSDP wrapping.
 
 Tolerance of "two processes train like one": both runs compute the same sums (same global batch,
 same mask samples on every rank, DDP averages the gradients exactly as one process averages its
@@ -70,6 +70,33 @@ def test_two_processes_train_like_one_with_the_same_global_batch(kind, sample_co
     assert ddp[0]["model"] == ddp[1]["model"]  # DDP: whole identical students (FSDP ranks hold shards)
 
 
+@pytest.mark.slow
+def test_an_fsdp_checkpoint_holds_whole_tensors_resumes_exactly_and_exports(sample_corpus, tmp_path):
+    """FULL_SHARD with a full state dict: FSDP units (the layers) and the L0 module kept out of
+    FSDP are saved whole by rank 0, loaded back into shards and replicas, and sliced by convert."""
+    from transformers import AutoModelForCausalLM
+
+    from llmshearing.convert.cli import main as convert_main
+    from tests.test_resume import assert_identical, training_state
+
+    run = [f"data.path={sample_corpus}", *FSDP, "max_duration=4ba", "save_interval=2ba", "eval_interval=100ba",
+           "console_log_interval=100ba"]
+    whole = launch(tmp_path / "whole", TINY, [*run, f"save_folder={tmp_path / 'a'}"], processes=2, env=CPU_RANKS)
+    resumed = launch(tmp_path / "resumed", TINY, [*run, f"save_folder={tmp_path / 'b'}",
+                                                   f"load_path={tmp_path / 'a' / 'ep0-ba2-rank0.pt'}"],
+                     processes=2, env=CPU_RANKS)
+    assert resumed[0]["losses"] == whole[0]["losses"][2:] and resumed[0]["replicated"] == whole[0]["replicated"]
+    final = tmp_path / "a" / "ep0-ba4-rank0.pt"
+    assert_identical(training_state(tmp_path / "b" / "ep0-ba4-rank0.pt"), training_state(final))
+    model_state = torch.load(final, map_location="cpu", weights_only=False)["state"]["model"]
+    assert model_state["model.model.layers.0.mlp.up_proj.weight"].shape == (96, 48)  # whole, not a shard
+    assert model_state["l0.gates.intermediate.log_alpha"].numel() == 4 * 96
+    out = tmp_path / "hf"
+    assert convert_main(["composer-to-hf", str(final), str(out), "--prune"]) == 0
+    config = AutoModelForCausalLM.from_pretrained(out).config
+    assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (32, 40, 3)
+
+
 def _sync_worker(rank: int, port: int, out: str) -> None:
     import torch.distributed as torch_dist
 
@@ -95,7 +122,7 @@ def test_replica_sync_broadcasts_rank_zero_and_averages_gradients(tmp_path):
         assert torch.equal(grad0, grad1) and torch.all(grad0 == 15.0)
 
 
-# --- FSDP: what Composer wraps (torch's FSDP refuses CPU-only processes, so a recorder stands in) ---
+# --- FSDP: what Composer wraps, seen through a recorder in one process ---
 
 class RecordedFSDP:
     """Stands in for FullyShardedDataParallel in Composer's prepare_fsdp_module; records the units."""
@@ -147,14 +174,16 @@ def test_fsdp_wraps_each_decoder_layer_and_leaves_masks_and_lambda_replicated(mo
 def test_fsdp_settings_that_cannot_run_fail_with_one_line(sample_corpus):
     from llmshearing.config import load_config
     from llmshearing.errors import ConfigError
-    from llmshearing.training import check_parallelism
+    from llmshearing.training import check_parallelism, fsdp_settings
 
     both = load_config(REPO / "yamls" / "prune_2.7b.yaml", ["model.gradient_checkpointing=true", "device=gpu"])
     with pytest.raises(ConfigError, match="both checkpoint every decoder layer"):
         check_parallelism(both)
-    on_cpu = load_config(TINY, ["fsdp={sharding_strategy: FULL_SHARD}"])
-    with pytest.raises(ConfigError, match="FSDP needs GPUs"):
-        check_parallelism(on_cpu)
+    reentrant = load_config(TINY, ["fsdp={sharding_strategy: FULL_SHARD, activation_checkpointing_reentrant: true}"])
+    with pytest.raises(ConfigError, match="cannot back-propagate into the masks"):
+        check_parallelism(reentrant)
+    assert fsdp_settings(load_config(TINY, ["fsdp={activation_checkpointing: true}"])) == {
+        "activation_checkpointing": True, "activation_checkpointing_reentrant": False}
 
 
 @pytest.mark.parametrize("name", ["prune_2.7b", "prune_1.3b", "continue_pretrain_2.7b", "continue_pretrain_1.3b",

@@ -16,6 +16,7 @@
 * ``allow_fsdp_on_cpu``: torch's FSDP1 runs in CPU processes over gloo, but Composer 0.32.1 hands
   it ``device_id=torch.cuda.current_device()``, which has no answer there; with this, an FSDP
   yaml runs under ``composer -n N`` on CPUs too (how the tests check the FSDP path without a GPU).
+  It also mends torch's full optimizer-state gathering for CPU processes (see ``_copy_gathered_states``).
 """
 from __future__ import annotations
 
@@ -33,6 +34,28 @@ def _cpu_device_id() -> torch.device:
     return torch.device("cpu")
 
 
+def _copy_gathered_states() -> None:
+    """torch's FSDP1 gathers each optimizer state (exp_avg, exp_avg_sq) of a flat parameter into
+    one reused buffer and keeps views of it, then "offloads" them with ``.cpu()``: a copy from a
+    GPU, but the same tensor on a CPU, so every state would end up holding the last one gathered
+    (a resumed run's Adam moments were wrong; tests/test_multiprocess.py). Copy them right away."""
+    from torch.distributed.fsdp import _optim_utils
+
+    unflatten = _optim_utils._unflatten_orig_param_states
+    if getattr(unflatten, "copies", False):
+        return
+
+    def unflatten_and_copy(fsdp_param_info, output_states, state_name, shard_state, to_save, cpu_offload):
+        unflatten(fsdp_param_info, output_states, state_name, shard_state, to_save, cpu_offload)
+        for gathered in output_states.values():
+            value = gathered.get(state_name)
+            if torch.is_tensor(value) and value.device.type == "cpu" and value.dim() > 0:
+                gathered[state_name] = value.clone()
+
+    unflatten_and_copy.copies = True
+    _optim_utils._unflatten_orig_param_states = unflatten_and_copy
+
+
 def allow_fsdp_on_cpu() -> None:
     """Route Composer's FSDP1 set-up to the CPU when the trainer's device is the CPU (idempotent)."""
     import composer.distributed as composer_distributed
@@ -45,6 +68,7 @@ def allow_fsdp_on_cpu() -> None:
     def prepare_fsdp_module(model, optimizers, fsdp_config, precision=None, device=None, *args, **kwargs):
         if not isinstance(device, DeviceCPU):
             return prepare(model, optimizers, fsdp_config, precision, device, *args, **kwargs)
+        _copy_gathered_states()
         current_device = torch.cuda.current_device
         torch.cuda.current_device = _cpu_device_id  # read once, as FSDP's device_id
         try:
