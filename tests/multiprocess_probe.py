@@ -6,7 +6,8 @@
 Writes OUT_DIR/rank<r>.json: {"world_size": N, "losses": loss/train/* of every step (Composer logs
 the mean over ranks), "replicated": the values of the L0 masks / λ and distillation projections on
 this rank, "model": sha1 of this rank's student weights, "step_seconds": wall time of each step,
-"fsdp_units": FSDP-wrapped modules of the student and of the distillation teacher}.
+"fsdp_units": FSDP-wrapped modules of the student and of the distillation teacher,
+"read_teacher_files": whether this rank loaded the teacher from its files (None without one)}.
 """
 from __future__ import annotations
 
@@ -78,11 +79,11 @@ def main(out: str, yaml: str, *overrides: str) -> None:
     trainer.state.callbacks.append(recorder)
     trainer.fit()
     model = composer_model(trainer.state)
-    record = {"world_size": dist.get_world_size(), "losses": recorder.losses, "step_seconds": recorder.step_seconds,
+    distillation = next((a for a in trainer.state.algorithms if hasattr(a, "teacher")), None)
+    record = {"read_teacher_files": getattr(distillation, "read_teacher_files", None),"world_size": dist.get_world_size(), "losses": recorder.losses, "step_seconds": recorder.step_seconds,
               "replicated": replicated_values(model), "model": weights_digest(model),
               "fsdp_units": {"student": fsdp_units(model.model),
-                             "teacher": fsdp_units(next((getattr(a, "teacher", None) for a in trainer.state.algorithms
-                                                         if hasattr(a, "teacher")), None))}}
+                             "teacher": fsdp_units(getattr(distillation, "teacher", None))}}
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / f"rank{dist.get_global_rank()}.json").write_text(json.dumps(record))
     trainer.close()

@@ -55,6 +55,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(kind, sample_co
     layers = 3 if kind == "kd" else 4
     assert fsdp[0]["fsdp_units"] == {"student": layers + 1, "teacher": 5 if kind == "kd" else 0}  # root + layers
     assert ddp[0]["fsdp_units"] == {"student": 0, "teacher": 0}
+    if kind == "kd":  # under FSDP only rank 0 reads the teacher; the others get its weights by broadcast
+        assert [r["read_teacher_files"] for r in ddp + fsdp] == [True, True, True, False]
     for rank0, rank1 in (ddp, fsdp):
         assert rank0["world_size"] == 2 and len(single["losses"]) == len(rank0["losses"]) == 4
         # every rank ends with the same masks, λ and projections (whole under FSDP, not a shard)

@@ -16,7 +16,9 @@ The teacher lives in the algorithm, not in the model: it is never saved or optim
 Multi-process: under DDP every rank holds the whole teacher (it has no gradients to synchronise).
 Under FSDP the teacher is sharded like the student (one FSDP unit per decoder layer, the run's
 sharding strategy, in its own dtype), so a 8B teacher in bf16 costs 16 GB / N per GPU instead of
-16 GB; every rank runs it on every micro-batch, as FSDP requires. The projections are replicated
+16 GB; every rank runs it on every micro-batch, as FSDP requires. Only rank 0 reads the teacher's
+files (into host memory); the other ranks build it empty and FSDP broadcasts rank 0's weights,
+one unit at a time, so a node needs host memory for one teacher, not one per rank. The projections are replicated
 and kept equal on every rank (``distributed.ReplicaSync``).
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from composer.core import Algorithm, Event, State
 from composer.devices import DeviceGPU
 from composer.loggers import Logger
+from composer.utils import dist
 from torch import nn
 
 from llmshearing.composer.distributed import ReplicaSync, attach_replicated, composer_model, shard_frozen
@@ -122,6 +125,18 @@ def cast_parameters(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return model
 
 
+def _empty_teacher(config) -> LlamaForCausalLM:
+    """A teacher without weights: decoder layers on the meta device (FSDP materialises them one
+    unit at a time), the embedding, final norm and head in (uninitialised) host memory, tied as in
+    the real model so that every rank's FSDP root unit has the same parameters."""
+    teacher = LlamaForCausalLM.empty(config, device="meta")
+    for module in (teacher.model.embed_tokens, teacher.model.norm, teacher.lm_head):
+        module.to_empty(device="cpu")
+    if config.tie_word_embeddings:
+        teacher.lm_head.weight = teacher.model.embed_tokens.weight
+    return teacher
+
+
 def load_teacher(teacher: Union[str, LlamaForCausalLM]) -> LlamaForCausalLM:
     if isinstance(teacher, LlamaForCausalLM):
         return teacher
@@ -165,6 +180,7 @@ class Distillation(Algorithm):
         self.teacher_dtype = teacher_dtype
         self.plan = plan
         self.teacher: Optional[LlamaForCausalLM] = None
+        self.read_teacher_files = False  # whether this rank loaded the teacher's weights itself
         self._student_outputs: Optional[LayerOutputs] = None
         self._teacher_outputs: Optional[LayerOutputs] = None
         self._sync: Optional[ReplicaSync] = None
@@ -187,7 +203,7 @@ class Distillation(Algorithm):
     # ---------------------------------------------------------------------------------------
     def _attach(self, state: State) -> None:
         student = composer_model(state).model
-        self.teacher = self._prepare_teacher(load_teacher(self.teacher_source), state)
+        self.teacher = self._prepare_teacher(self._load_teacher(state), state)
         if self.teacher.config.vocab_size != student.config.vocab_size:
             raise ConfigError(f"the teacher's vocabulary ({self.teacher.config.vocab_size} tokens) differs from "
                               f"the student's ({student.config.vocab_size}): distillation needs the same tokenizer")
@@ -196,6 +212,18 @@ class Distillation(Algorithm):
                  self.temperature, self.alpha, self.hidden_weight)
         if self.hidden_weight > 0:
             self._attach_hidden_states(state, student)
+
+    def _load_teacher(self, state: State) -> LlamaForCausalLM:
+        """The teacher with its weights; under FSDP on ranks other than 0 the same model, empty."""
+        sharded_from_rank_zero = (state.fsdp_config is not None and dist.get_world_size() > 1
+                                  and not isinstance(self.teacher_source, LlamaForCausalLM))
+        self.read_teacher_files = not sharded_from_rank_zero or dist.get_global_rank() == 0
+        if not sharded_from_rank_zero:
+            return load_teacher(self.teacher_source)
+        teacher = load_teacher(self.teacher_source) if self.read_teacher_files else None
+        config = [teacher.config if teacher is not None else None]
+        dist.broadcast_object_list(config, src=0)
+        return teacher if teacher is not None else _empty_teacher(config[0])
 
     def _prepare_teacher(self, teacher: LlamaForCausalLM, state: State) -> nn.Module:
         teacher.requires_grad_(False)

@@ -27,6 +27,7 @@ from composer.core import State
 from composer.devices import DeviceGPU
 from composer.utils import dist
 from torch import nn
+from torch.distributed.fsdp._flat_param import FlatParameter
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -140,16 +141,42 @@ def shard_frozen(module: nn.Module, state: State, unit: type) -> nn.Module:
     Forward only (no gradients, nothing to reduce): each forward all-gathers one unit at a time.
     The parameters are all-gathered in the dtype they have (no mixed-precision casting: the teacher
     is already in its compute dtype); the RoPE frequencies are fp32 outside any cast.
+
+    ``module`` needs its weights on rank 0 only; elsewhere its ``unit`` submodules may be empty
+    (meta tensors). Unit by unit, each rank moves (or allocates) the unit on its device, rank 0's
+    weights are broadcast into it and FSDP shards it, so a rank never holds more than one whole
+    unit beyond its shards. (FSDP's own ``sync_module_states`` does the same, but refuses CPUs.)
     """
     from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
-    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
+    device = torch.device("cuda", torch.cuda.current_device()) if isinstance(state.device, DeviceGPU) else _cpu_device_id()
     strategy = getattr(state.fsdp_config, "sharding_strategy", "FULL_SHARD").upper()
-    return FullyShardedDataParallel(
-        module,
-        sharding_strategy=ShardingStrategy[strategy],
-        auto_wrap_policy=ModuleWrapPolicy({unit}),
-        device_id=torch.cuda.current_device() if isinstance(state.device, DeviceGPU) else _cpu_device_id(),
-        limit_all_gathers=True,
-        use_orig_params=False,
-    )
+
+    def wrap(part: nn.Module) -> nn.Module:
+        return FullyShardedDataParallel(part, sharding_strategy=ShardingStrategy[strategy], device_id=device,
+                                        limit_all_gathers=True, use_orig_params=False)
+
+    for name, child in list(module.named_modules()):
+        if isinstance(child, unit):
+            _filled_from_rank_zero(child.to_empty(device=device) if _is_empty(child) else child.to(device))
+            module.set_submodule(name, wrap(child))
+    outside_units = [p for p in module.parameters() if not isinstance(p, FlatParameter)]
+    for param in outside_units:  # in place: tied weights stay tied
+        param.data = param.data.to(device)
+    _broadcast_from_rank_zero(outside_units)
+    return wrap(module)
+
+
+def _is_empty(module: nn.Module) -> bool:
+    return any(t.is_meta for t in module.parameters())
+
+
+def _filled_from_rank_zero(module: nn.Module) -> None:
+    _broadcast_from_rank_zero(list(module.parameters()) + list(module.buffers()))
+
+
+def _broadcast_from_rank_zero(tensors: List[torch.Tensor]) -> None:
+    if dist.get_world_size() > 1:
+        with torch.no_grad():
+            for tensor in tensors:
+                dist.broadcast(tensor.data, src=0)
