@@ -215,8 +215,8 @@ class Distillation(Algorithm):
 
     def _load_teacher(self, state: State) -> LlamaForCausalLM:
         """The teacher with its weights; under FSDP on ranks other than 0 the same model, empty."""
-        sharded_from_rank_zero = (state.fsdp_config is not None and dist.get_world_size() > 1
-                                  and not isinstance(self.teacher_source, LlamaForCausalLM))
+        sharded_from_rank_zero = (not isinstance(self.teacher_source, LlamaForCausalLM)
+                                  and state.fsdp_config is not None and dist.get_world_size() > 1)
         self.read_teacher_files = not sharded_from_rank_zero or dist.get_global_rank() == 0
         if not sharded_from_rank_zero:
             return load_teacher(self.teacher_source)
