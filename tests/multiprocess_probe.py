@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 from composer.core import Callback
 from composer.utils import dist
-from torch.distributed.fsdp import FullyShardedDataParallel
+from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 
 from llmshearing.composer.distributed import composer_model
 from llmshearing.config import load_config
@@ -56,8 +56,13 @@ class RecordSteps(Callback):
         self.losses.append(dict(state.total_loss_dict))
 
 
+def local(tensor):
+    """This rank's part of a tensor (FSDP2 holds parameters as DTensors)."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
 def replicated_values(model) -> dict:
-    return {f"{child}.{name}": param.detach().double().cpu().flatten().tolist()
+    return {f"{child}.{name}": local(param).detach().double().cpu().flatten().tolist()
             for child in REPLICATED if getattr(model, child, None) is not None
             for name, param in getattr(model, child).named_parameters()}
 
@@ -65,12 +70,13 @@ def replicated_values(model) -> dict:
 def weights_digest(model) -> str:
     digest = hashlib.sha1()
     for param in model.model.parameters():
-        digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(local(param).detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
 def fsdp_units(module) -> int:
-    return 0 if module is None else sum(isinstance(m, FullyShardedDataParallel) for m in module.modules())
+    """Modules sharded as one unit: FSDP1 wrappers or FSDP2 (``fully_shard``) modules."""
+    return 0 if module is None else sum(isinstance(m, (FullyShardedDataParallel, FSDPModule)) for m in module.modules())
 
 
 def main(out: str, yaml: str, *overrides: str) -> None:

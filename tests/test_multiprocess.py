@@ -1,4 +1,4 @@
-"""Multi-process training: `composer -n 2` (gloo, DDP and FSDP on CPU) for pruning, CPT and KD, FSDP wrapping.
+"""Multi-process training: `composer -n 2` (gloo, DDP, FSDP1 and FSDP2 on CPU) for pruning, CPT and KD.
 
 Tolerance of "two processes train like one": both runs compute the same sums (same global batch,
 same mask samples on every rank, DDP averages the gradients exactly as one process averages its
@@ -51,13 +51,15 @@ def test_two_processes_train_like_one_with_the_same_global_batch(kind, sample_co
     (single,) = launch(tmp_path / "one", yaml, overrides, processes=1)
     ddp = launch(tmp_path / "ddp", yaml, overrides, processes=2, env=CPU_RANKS)
     fsdp = launch(tmp_path / "fsdp", yaml, [*overrides, *FSDP], processes=2, env=CPU_RANKS)
+    fsdp2 = launch(tmp_path / "fsdp2", yaml, [*overrides, *FSDP], processes=2, env={**CPU_RANKS, "FSDP_VERSION": "2"})
     expected = {"prune": "l0.lambda_1.hidden", "cpt": None, "kd": "distill_projection.maps.0.weight"}[kind]
     layers = 3 if kind == "kd" else 4
     assert fsdp[0]["fsdp_units"] == {"student": layers + 1, "teacher": 5 if kind == "kd" else 0}  # root + layers
+    assert fsdp2[0]["fsdp_units"] == fsdp[0]["fsdp_units"]  # FSDP2 student, FSDP1 teacher
     assert ddp[0]["fsdp_units"] == {"student": 0, "teacher": 0}
     if kind == "kd":  # under FSDP only rank 0 reads the teacher; the others get its weights by broadcast
         assert [r["read_teacher_files"] for r in ddp + fsdp] == [True, True, True, False]
-    for rank0, rank1 in (ddp, fsdp):
+    for rank0, rank1 in (ddp, fsdp, fsdp2):
         assert rank0["world_size"] == 2 and len(single["losses"]) == len(rank0["losses"]) == 4
         # every rank ends with the same masks, λ and projections (whole under FSDP, not a shard)
         assert rank0["replicated"] == rank1["replicated"]
@@ -73,7 +75,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(kind, sample_co
 
 
 @pytest.mark.slow
-def test_an_fsdp_checkpoint_holds_whole_tensors_resumes_exactly_and_exports(sample_corpus, tmp_path):
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_an_fsdp_checkpoint_holds_whole_tensors_resumes_exactly_and_exports(sample_corpus, tmp_path, version):
     """FULL_SHARD with a full state dict: FSDP units (the layers) and the L0 module kept out of
     FSDP are saved whole by rank 0, loaded back into shards and replicas, and sliced by convert."""
     from transformers import AutoModelForCausalLM
@@ -83,10 +86,11 @@ def test_an_fsdp_checkpoint_holds_whole_tensors_resumes_exactly_and_exports(samp
 
     run = [f"data.path={sample_corpus}", *FSDP, "max_duration=4ba", "save_interval=2ba", "eval_interval=100ba",
            "console_log_interval=100ba"]
-    whole = launch(tmp_path / "whole", TINY, [*run, f"save_folder={tmp_path / 'a'}"], processes=2, env=CPU_RANKS)
+    env = {**CPU_RANKS, "FSDP_VERSION": version}
+    whole = launch(tmp_path / "whole", TINY, [*run, f"save_folder={tmp_path / 'a'}"], processes=2, env=env)
     resumed = launch(tmp_path / "resumed", TINY, [*run, f"save_folder={tmp_path / 'b'}",
                                                    f"load_path={tmp_path / 'a' / 'ep0-ba2-rank0.pt'}"],
-                     processes=2, env=CPU_RANKS)
+                     processes=2, env=env)
     assert resumed[0]["losses"] == whole[0]["losses"][2:] and resumed[0]["replicated"] == whole[0]["replicated"]
     final = tmp_path / "a" / "ep0-ba4-rank0.pt"
     assert_identical(training_state(tmp_path / "b" / "ep0-ba4-rank0.pt"), training_state(final))
