@@ -1,6 +1,7 @@
 """Miniature reproduction of the papers' claims: every method, one target shape, one token budget.
 
     python benchmarks/reproduce.py --budget-tokens 12288 --prune-fraction 0.5 --in-process --out repro_out   # CPU, ~16 min
+    python benchmarks/reproduce.py --budget-tokens 102400 --prune-fraction 0.5 --in-process --out repro_100k  # CPU, ~1.5 h (docs/RESULTS.md)
     python benchmarks/reproduce.py --budget-tokens 5000000 --batch 64 --seq-len 512 --data CORPUS512 --out repro_gpu
 
 From the source (SmolLM2-135M by default) to the same target shape, each row spending the same
