@@ -60,7 +60,7 @@ def to_model_input(sample: dict[str, Any], seq_len: int, vocab_size: int | None 
     if len(tokens) < seq_len:
         raise ConfigError(f"stored sample has {len(tokens)} tokens, fewer than seq_len={seq_len}")
     tokens = tokens[:seq_len].astype(np.int64)
-    if vocab_size is not None and len(tokens) and not 0 <= tokens.min() <= tokens.max() < vocab_size:
+    if vocab_size is not None and len(tokens) and (tokens.min() < 0 or tokens.max() >= vocab_size):
         bad = int(tokens.max()) if tokens.max() >= vocab_size else int(tokens.min())
         raise CorpusError(f"token id {bad} is outside the corpus's vocabulary of {vocab_size} tokens")
     return {"input_ids": torch.from_numpy(tokens)}
