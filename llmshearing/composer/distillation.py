@@ -35,6 +35,7 @@ from composer.utils import dist
 from torch import nn
 
 from llmshearing.composer.distributed import ReplicaSync, attach_replicated, composer_model, shard_frozen
+from llmshearing.convert.weights import cast_parameters
 from llmshearing.errors import ConfigError
 from llmshearing.model.composer_model import IGNORE_INDEX, next_token_targets
 from llmshearing.model.llama import DecoderLayer, LlamaForCausalLM
@@ -116,13 +117,6 @@ def teacher_layer_indices(student_layers: Sequence[int], student_depth: int, tea
     if plan is not None:
         return [plan.layers[i].source_index for i in student_layers]
     return [round((i + 1) * teacher_depth / student_depth) - 1 for i in student_layers]
-
-
-def cast_parameters(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Parameters to ``dtype``; buffers keep theirs (the RoPE frequencies are not even a buffer: fp32 always)."""
-    for param in model.parameters():
-        param.data = param.data.to(dtype)
-    return model
 
 
 def _empty_teacher(config) -> LlamaForCausalLM:

@@ -55,9 +55,8 @@ def copy_weights(model: LlamaForCausalLM, chunks: Iterable[Mapping[str, torch.Te
 
 
 def cast_parameters(module: nn.Module, dtype: torch.dtype) -> None:
-    """Cast parameters only: buffers such as the RoPE frequencies keep their float32 precision.
-
-    Tied parameters are one Parameter object, so they stay tied.
+    """Cast parameters only (buffers keep their dtype; the RoPE frequencies are no buffer and
+    stay fp32 anyway). Tied parameters are one Parameter object, so they stay tied.
     """
     for parameter in module.parameters():
         parameter.data = parameter.data.to(dtype)
