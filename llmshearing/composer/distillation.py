@@ -17,9 +17,10 @@ Multi-process: under DDP every rank holds the whole teacher (it has no gradients
 Under FSDP the teacher is sharded like the student (one FSDP unit per decoder layer, the run's
 sharding strategy, in its own dtype), so a 8B teacher in bf16 costs 16 GB / N per GPU instead of
 16 GB; every rank runs it on every micro-batch, as FSDP requires. Only rank 0 reads the teacher's
-files (into host memory); the other ranks build it empty and FSDP broadcasts rank 0's weights,
-one unit at a time, so a node needs host memory for one teacher, not one per rank. The projections are replicated
-and kept equal on every rank (``distributed.ReplicaSync``).
+files (into host memory); the other ranks build it empty and ``distributed.shard_frozen``
+broadcasts rank 0's weights into it one decoder layer at a time, so a node needs host memory for
+one teacher, not one per rank. The projections are replicated and kept equal on every rank
+(``distributed.ReplicaSync``).
 """
 from __future__ import annotations
 
