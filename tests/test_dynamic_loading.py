@@ -393,3 +393,39 @@ def test_bad_reference_losses_fail_in_train_py_with_one_line(sample_corpus):
     line = [line for line in result.stderr.splitlines() if line.strip()][-1]
     assert line.startswith("error: reference losses are for another set of domains"), line
     assert "Traceback" not in result.stderr
+
+
+def _logged_update(sample_corpus, domains, tmp_path, loss_source: str) -> dict:
+    """The first update's logged dynamic-loading metrics of a tiny pruning run that draws only prose."""
+    from composer.loggers import InMemoryLogger
+
+    from llmshearing.training import build_trainer
+
+    only_prose = "[" + ", ".join("1.0" if d == "prose" else "0.0" for d in domains) + "]"
+    cfg = load_config(TINY, [f"data.path={sample_corpus}", "max_duration=4ba", "eval_interval=100ba",
+                             f"data.proportions={only_prose}", "dynamic_loading.update_interval=4",
+                             f"dynamic_loading.loss_source={loss_source}", "dynamic_loading.loss_batches=2",
+                             f"dynamic_loading.reference_losses={refs(domains, 1.0)}", "loggers={in_memory: {}}",
+                             f"save_folder={tmp_path / loss_source}", "save_interval=100ba"])
+    trainer = build_trainer(cfg)
+    trainer.fit()
+    logged = next(d for d in trainer.logger.destinations if isinstance(d, InMemoryLogger)).data
+    return {key: float(values[-1][1]) for key, values in logged.items() if key.startswith("dynamic_loading/")}
+
+
+def test_a_domain_without_samples_in_the_window_is_scored_on_its_eval_split(sample_corpus, domains, tmp_path):
+    # train-batch losses, but only prose is drawn: the other domains get exactly the loss the eval
+    # source measures for them (same model, same seeded mask samples), not a stale or missing one
+    from_train = _logged_update(sample_corpus, domains, tmp_path, "train")
+    from_eval = _logged_update(sample_corpus, domains, tmp_path, "eval")
+    assert from_train["dynamic_loading/samples/prose"] == 16
+    for domain in domains:
+        loss = f"dynamic_loading/loss/{domain}"
+        if domain == "prose":  # scored on its training batches
+            assert math.isfinite(from_train[loss]) and from_train[loss] != from_eval[loss]
+        else:
+            assert from_train[f"dynamic_loading/samples/{domain}"] == 0
+            assert from_train[loss] == pytest.approx(from_eval[loss], rel=1e-6), domain
+        weight = f"dynamic_loading/weight/{domain}"
+        assert math.isfinite(from_train[weight])
+    assert sum(from_train[f"dynamic_loading/weight/{d}"] for d in domains) == pytest.approx(1.0)

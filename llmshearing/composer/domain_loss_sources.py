@@ -8,7 +8,12 @@
   domain: the measurement is reproducible, all domains see the same mask samples, and the
   training run's own random streams (global RNG, the L0 masks' noise stream) are left untouched.
 - :class:`TrainBatchLoss`: the training batches' own per-sample losses since the last update
-  (no extra forward passes); a domain with no sample in the window keeps its last loss.
+  (no extra forward passes). A domain with no sample in the window -- one whose weight has
+  fallen so low that a window draws none of it -- is scored on its eval split instead, exactly
+  as :class:`EvalSplitLoss` would: keeping its last measured loss would freeze its weight's
+  trend on stale evidence, so a starved domain could never come back however far its real
+  loss drifted. Without eval loaders it keeps its last loss (and before any, counts as no
+  evidence).
 
 Both reduce (sum of token losses, token count) over ranks, so every rank computes the same
 weights.
@@ -16,7 +21,7 @@ weights.
 from __future__ import annotations
 
 from contextlib import ExitStack
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +49,10 @@ class EvalSplitLoss:
     def observe(self, state: State) -> None:
         """Nothing to collect from training batches."""
 
-    def measure(self, state: State, update_index: int) -> np.ndarray:
+    def measure(self, state: State, update_index: int,
+                domains: Optional[Sequence[int]] = None) -> np.ndarray:
+        """Mean loss of every domain (or of the listed domain indexes, in that order)."""
+        loaders = self.loaders if domains is None else [self.loaders[index] for index in domains]
         seed = self.seed * 1_000_003 + update_index
         streams = noise_streams(state.model)
 
@@ -57,7 +65,7 @@ class EvalSplitLoss:
         with ExitStack() as preserved, torch.random.fork_rng(devices=devices), get_precision_context(state.precision):
             for stream in streams:
                 preserved.enter_context(stream.preserved())
-            sums, counts = domain_loss_sums(state.model, self.loaders, state.device.batch_to_device,
+            sums, counts = domain_loss_sums(state.model, loaders, state.device.batch_to_device,
                                             before_domain=reseed)
         return _reduced_means(sums, counts, state)
 
@@ -69,7 +77,8 @@ class EvalSplitLoss:
 
 
 class TrainBatchLoss:
-    def __init__(self, num_domains: int) -> None:
+    def __init__(self, num_domains: int, unsampled: Optional[EvalSplitLoss] = None) -> None:
+        self.unsampled = unsampled
         self.sums = torch.zeros(num_domains, dtype=torch.float64)
         self.counts = torch.zeros(num_domains, dtype=torch.float64)
         self.last = np.full(num_domains, np.nan)
@@ -86,6 +95,9 @@ class TrainBatchLoss:
 
     def measure(self, state: State, update_index: int) -> np.ndarray:
         losses = _reduced_means(self.sums, self.counts, state)
+        missing = np.flatnonzero(~np.isfinite(losses))  # the same on every rank: sums are reduced
+        if missing.size and self.unsampled is not None:
+            losses[missing] = self.unsampled.measure(state, update_index, missing.tolist())
         self.last = np.where(np.isfinite(losses), losses, self.last)
         self.sums.zero_()
         self.counts.zero_()

@@ -100,9 +100,7 @@ def dynamic_loading_callback(cfg: TrainConfig, domains: Sequence[str]) -> Dynami
             raise ConfigError("dynamic_loading needs reference losses (reference_losses: {domain: loss} "
                               "or reference_losses_file), or mode: static")
         update = MixtureUpdate.for_domains(domains, references, section.eta, section.smoothing)
-    if section.loss_source == "eval":
-        source = EvalSplitLoss(rank_eval_loaders(cfg, domains, section.loss_batches), cfg.seed)
-    else:
-        source = TrainBatchLoss(len(domains))
+    eval_splits = EvalSplitLoss(rank_eval_loaders(cfg, domains, section.loss_batches), cfg.seed)
+    source = eval_splits if section.loss_source == "eval" else TrainBatchLoss(len(domains), eval_splits)
     plot = str(Path(cfg.save_folder) / PLOT_FILE) if section.plot and cfg.save_folder else None
     return DynamicBatchLoading(domains, section.update_interval, source, update, plot)

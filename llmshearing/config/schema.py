@@ -60,7 +60,7 @@ class DynamicLoadingSection:
     eta: float = 1.0  # step size of the exponentiated update
     smoothing: float = 1.0e-4  # c in w = (1 - c) alpha / sum(alpha) + c / k
     loss_source: str = "eval"  # eval (eval splits, loss_batches per domain) | train (training batches)
-    loss_batches: int = 1  # eval batches (device_eval_batch_size) per domain, rank and update
+    loss_batches: int = 1  # eval batches (device_eval_batch_size) per domain, rank and update (train: unsampled domains)
     max_repeats: Optional[int] = None  # stop drawing a domain repeated this often; null = no cap
     plot: bool = True  # domain_weights.png in save_folder at the end
 
