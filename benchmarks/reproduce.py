@@ -397,13 +397,30 @@ def plot(rows: Dict[str, dict], path: Path) -> None:
 
 
 # ---- main --------------------------------------------------------------------------------------
+def utc_now(seconds: Optional[float] = None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
+
+
+def saved_row(path: Path) -> dict:
+    """A row kept by --resume; one saved before rows recorded their date finished when its file was written."""
+    row = json.loads(path.read_text())
+    row.setdefault("finished", utc_now(path.stat().st_mtime))
+    return row
+
+
+def run_dates(rows, started: str) -> str:
+    """When the rows finished: one date, or the span when some rows come from an earlier --resume run."""
+    dates = sorted({row["finished"] for row in rows} or {started})
+    return dates[0] if len(dates) == 1 else f"rows finished {dates[0]} to {dates[-1]}"
+
+
 def run_row(name: str, stages: Stages, rows_dir: Path) -> dict:
     started = time.time()
     built = BUILDERS[name](stages)
     evaluation = stages.evaluate(name, built.pop("model"), stages.s.final_max_tokens)
     config = source_config(stages.s).to_dict() if name == "source" else json.loads((Path(evaluation["model"]) / "config.json").read_text())
     row = {**built, "eval": evaluation, "shape": shape_of(config),
-           "seconds": round(time.time() - started, 1)}
+           "seconds": round(time.time() - started, 1), "finished": utc_now()}
     (rows_dir / f"{name}.json").write_text(json.dumps(row, indent=1))
     return row
 
@@ -461,15 +478,17 @@ def main(argv=None) -> int:
     stages.work.mkdir(parents=True, exist_ok=True)
     rows_dir = s.out / "rows"
     rows_dir.mkdir(exist_ok=True)
-    header = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    started = utc_now()
+    header = {"machine": machine(), "date": started}
     rows, failures = {}, {}
     for name in sorted(args.rows, key=RUN_ORDER.index):
         saved = rows_dir / f"{name}.json"
         try:
-            rows[name] = json.loads(saved.read_text()) if args.resume and saved.exists() else run_row(name, stages, rows_dir)
+            rows[name] = saved_row(saved) if args.resume and saved.exists() else run_row(name, stages, rows_dir)
         except RuntimeError as error:
             failures[name] = str(error)
             print(f"row {name} failed: {error}", file=sys.stderr, flush=True)
+        header["date"] = run_dates(rows.values(), started)
         write_report(rows, failures, s, header, run.seconds)  # after every row: a cut-short run still reports
     if rows:
         print((s.out / "results.md").read_text())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,20 @@ def test_curves_are_read_from_the_file_logger(tmp_path):
                    "[metric][batch=8]: metrics/eval/code/LanguageCrossEntropy: 3.0000 \n")
     assert load_benchmark_script("reproduce").read_curve(log, tokens_per_step=512) == [
         (2048, {"code": 3.5, "all": 3.25}), (4096, {"code": 3.0})]
+
+
+def test_the_table_date_spans_rows_kept_from_an_earlier_run(tmp_path):
+    reproduce = load_benchmark_script("reproduce")
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"seconds": 1.0}))  # a row saved before rows recorded their date
+    os.utime(old, (1_700_000_000, 1_700_000_000))
+    kept = reproduce.saved_row(old)
+    assert kept["finished"] == "2023-11-14 22:13 UTC"
+    new = {"finished": "2026-11-25 07:00 UTC"}
+    assert reproduce.run_dates([kept, new], "2026-11-25 06:00 UTC") == (
+        "rows finished 2023-11-14 22:13 UTC to 2026-11-25 07:00 UTC")
+    assert reproduce.run_dates([new, dict(new)], "2026-11-25 06:00 UTC") == "2026-11-25 07:00 UTC"
+    assert reproduce.run_dates([], "2026-11-25 06:00 UTC") == "2026-11-25 06:00 UTC"
 
 
 @pytest.mark.slow
