@@ -20,6 +20,7 @@ from composer.utils import dist, reproducibility
 from llmshearing.composer import L0Pruning, MaskSizePlot, StopOnNonFiniteLoss
 from llmshearing.composer.checkpointing import check_checkpoint_to_load, install_atomic_checkpoint_writes
 from llmshearing.composer.distributed import allow_fsdp_on_cpu
+from llmshearing.composer.run_artifacts import RunArtifacts, is_remote
 from llmshearing.config.schema import TrainConfig
 from llmshearing.errors import ConfigError
 from llmshearing.model.composer_model import ComposerLlama
@@ -153,24 +154,30 @@ def build_data(cfg: TrainConfig, model: ComposerLlama):
     return train, evaluators
 
 
-def save_tokenizer(cfg: TrainConfig, vocab_size: int) -> None:
+def save_tokenizer(cfg: TrainConfig, vocab_size: int, artifacts: Optional[RunArtifacts]) -> None:
+    """Check the tokenizer against the model now; it is written to save_folder/tokenizer at the
+    Trainer's INIT, once the run folder is known (kept if a local one already has it)."""
     source = cfg.tokenizer or resolve_model_path(cfg.model.path)
-    if not cfg.save_folder or not source or dist.get_global_rank() != 0:
+    if artifacts is None or not source or dist.get_global_rank() != 0:
         return
     if not (source.endswith(".gguf") or Path(source, "tokenizer_config.json").exists() or Path(source, "tokenizer.json").exists()):
         return
     from llmshearing.assets import load_tokenizer, save_tokenizer
+    from llmshearing.convert.cli import TOKENIZER_DIR  # where composer-to-hf looks for it
 
-    target = Path(cfg.save_folder) / "tokenizer"
-    if not target.exists():
-        tokenizer = load_tokenizer(source)
-        if len(tokenizer) > vocab_size:
-            raise ConfigError(f"the tokenizer {source} has {len(tokenizer)} tokens but the model's vocabulary has "
-                              f"{vocab_size}: give the model's own tokenizer")
-        save_tokenizer(tokenizer, target)
+    tokenizer = load_tokenizer(source)
+    if len(tokenizer) > vocab_size:
+        raise ConfigError(f"the tokenizer {source} has {len(tokenizer)} tokens but the model's vocabulary has "
+                          f"{vocab_size}: give the model's own tokenizer")
+
+    def write(target: Path) -> None:
+        if not target.exists():
+            save_tokenizer(tokenizer, target)
+
+    artifacts.write(TOKENIZER_DIR, write)
 
 
-def build_callbacks(cfg: TrainConfig, train_loader) -> List:
+def build_callbacks(cfg: TrainConfig, train_loader, artifacts: Optional[RunArtifacts]) -> List:
     from llmshearing.eval.pooled_callback import PooledEvalMetrics
 
     # per-domain evaluators + the pooled "all" row, weighted as in python -m llmshearing.eval
@@ -178,19 +185,22 @@ def build_callbacks(cfg: TrainConfig, train_loader) -> List:
     if cfg.dynamic_loading is not None:
         from llmshearing.composer.dynamic_setup import dynamic_loading_callback
 
-        callbacks.append(dynamic_loading_callback(cfg, train_loader.dataset.domains))
-    if cfg.pruning is not None and cfg.mask_plot and cfg.save_folder:
-        callbacks.append(MaskSizePlot(cfg.save_folder))
+        callbacks.append(dynamic_loading_callback(cfg, train_loader.dataset.domains, artifacts))
+    if cfg.pruning is not None and cfg.mask_plot and artifacts is not None:
+        callbacks.append(MaskSizePlot(artifacts))
+    if artifacts is not None:
+        callbacks.append(artifacts)  # last: uploads what the callbacks above wrote at FIT_END
     return callbacks
 
 
-def build_algorithms(cfg: TrainConfig) -> List:
+def build_algorithms(cfg: TrainConfig, artifacts: Optional[RunArtifacts]) -> List:
     algorithms = []
     if cfg.pruning is not None:
         p = cfg.pruning
         algorithms.append(L0Pruning(
             p.target, mask_lr=p.mask_lr, lag_lr=p.lag_lr, warmup_fraction=p.warmup_fraction,
-            init_mean=p.init_mean, init_std=p.init_std, block_masks=p.block_masks, plan_folder=cfg.save_folder,
+            init_mean=p.init_mean, init_std=p.init_std, block_masks=p.block_masks,
+            plan_folder=artifacts,
         ))
     if cfg.teacher is not None:
         from llmshearing.composer.distillation import distillation_from_config
@@ -213,6 +223,9 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         raise ConfigError(f"unknown scheduler '{cfg.scheduler.name}'; choose from {sorted(SCHEDULERS)}")
     if cfg.autoresume and not (cfg.run_name and cfg.save_folder):
         raise ConfigError("autoresume needs run_name and save_folder")
+    if cfg.save_backend_kwargs and not is_remote(cfg.save_folder):
+        raise ConfigError(f"save_backend_kwargs are for a remote save_folder (s3://, libcloud://, ...), "
+                          f"not {cfg.save_folder}")
     check_checkpoint_to_load(cfg)  # a corrupt checkpoint fails now, named, not deep inside torch.load
     install_atomic_checkpoint_writes()
     check_parallelism(cfg)
@@ -222,8 +235,9 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     model = build_model(cfg)
     check_target(cfg, model)
     train_loader, evaluators = build_data(cfg, model)
-    callbacks = build_callbacks(cfg, train_loader)
-    save_tokenizer(cfg, model.config.vocab_size)
+    artifacts = RunArtifacts.for_config(cfg)
+    callbacks = build_callbacks(cfg, train_loader, artifacts)
+    save_tokenizer(cfg, model.config.vocab_size, artifacts)
     optimizer = build_optimizer(cfg, model)
     parallelism = {"fsdp": fsdp_settings(cfg)} if cfg.fsdp else None
     return Trainer(
@@ -240,7 +254,7 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
         precision=cfg.precision,
         device=cfg.device,
         parallelism_config=parallelism,
-        algorithms=build_algorithms(cfg),
+        algorithms=build_algorithms(cfg, artifacts),
         callbacks=callbacks,
         loggers=build_loggers(cfg),
         save_folder=cfg.save_folder,

@@ -310,8 +310,25 @@ def test_missing_calibration_data_is_a_one_line_error(tiny_hf_dir, tmp_path, cap
     assert err.startswith("error:") and "no_corpus" in err
 
 
+def keep_source_copies(monkeypatch):
+    """Wrap the CLI's ``load_model``: each model it loads is returned as usual, and a copy, taken
+    before the CLI prunes it in place, is appended to the returned list (the dense reference,
+    without de-quantising the GGUF a second time)."""
+    import copy
+
+    loaded = []
+
+    def load_and_keep(*args, **kwargs):
+        model = load_model(*args, **kwargs)
+        loaded.append(copy.deepcopy(model.model))
+        return model
+
+    monkeypatch.setattr("llmshearing.convert.load_model", load_and_keep)
+    return loaded
+
+
 @pytest.mark.slow
-def test_cli_prunes_smollm2_structured_into_a_smaller_working_model(sample_corpus, tmp_path):
+def test_cli_prunes_smollm2_structured_into_a_smaller_working_model(sample_corpus, tmp_path, monkeypatch):
     """The default, per-layer sizes (the uniform path is the same selection with equal counts)."""
     from transformers import AutoModelForCausalLM
 
@@ -319,6 +336,7 @@ def test_cli_prunes_smollm2_structured_into_a_smaller_working_model(sample_corpu
     from llmshearing.eval import evaluate_domains
 
     out = tmp_path / "smollm2"
+    sources = keep_source_copies(monkeypatch)
     assert main(["surgeon", "--model", str(smollm2_gguf_path()), "--data", str(sample_corpus), "--out", str(out),
                  "--calib-samples", "8", "--seq-len", "64", "--mode", "structured",
                  "--density", "0.9", "--damping", "0.1"]) == 0
@@ -326,6 +344,6 @@ def test_cli_prunes_smollm2_structured_into_a_smaller_working_model(sample_corpu
     assert hf.config.num_key_value_heads == 3 and hf.config.num_hidden_layers == 30
     assert len(set(hf.config.intermediate_sizes)) > 1 and sum(hf.config.intermediate_sizes) < 30 * 1536
     pruned = load_model(out).model
-    dense = load_model(smollm2_gguf_path()).model
+    (dense,) = sources  # the SmolLM2 GGUF as the CLI loaded it, before pruning
     kwargs = dict(domains=["code", "prose"], batch_size=4, max_batches=1)
     assert evaluate_domains(pruned, sample_corpus, **kwargs)["all"].loss < evaluate_domains(dense, sample_corpus, **kwargs)["all"].loss + 1.0

@@ -38,5 +38,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_NONFINITE
     if cfg.save_folder:
-        print(f"run finished; checkpoints in {cfg.save_folder}")
+        from composer.utils import format_name_with_dist
+
+        print(f"run finished; checkpoints in {format_name_with_dist(cfg.save_folder, trainer.state.run_name)}")
     return 0

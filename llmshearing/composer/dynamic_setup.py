@@ -6,7 +6,6 @@ ConfigError, before the Trainer starts.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from composer.core import Time, TimeUnit
@@ -15,6 +14,7 @@ from torch.utils.data import DataLoader, Subset
 
 from llmshearing.composer.domain_loss_sources import EvalSplitLoss, TrainBatchLoss
 from llmshearing.composer.dynamic_loading import DynamicBatchLoading
+from llmshearing.composer.run_artifacts import RunArtifacts
 from llmshearing.config.schema import DynamicLoadingSection, TrainConfig
 from llmshearing.data.mixture_update import MixtureUpdate
 from llmshearing.errors import ConfigError
@@ -77,21 +77,20 @@ def rank_eval_loaders(cfg: TrainConfig, domains: Sequence[str], batches: int) ->
     """Per domain, this rank's ``batches`` eval batches: rank r scores samples [r*n, (r+1)*n) of
     the split (n = batches * device_eval_batch_size, wrapping around a short split), so ranks
     share the measurement instead of repeating it, and all run the same number of forwards."""
-    from llmshearing.data.corpus import domain_split_dir
-    from llmshearing.data.loaders import TokenEvalDataset, checked_manifest
+    from llmshearing.data.loaders import open_eval_splits
 
-    vocab_size = checked_manifest(cfg.data.path, domains, cfg.data.seq_len).get("vocab_size")
     count = batches * cfg.device_eval_batch_size
     first = dist.get_global_rank() * count
     loaders = []
-    for domain in domains:
-        split = TokenEvalDataset(domain_split_dir(cfg.data.path, domain, "eval"), cfg.data.seq_len, vocab_size=vocab_size)
+    for split in open_eval_splits(cfg.data.path, domains, cfg.data.seq_len).values():
         share = Subset(split, [(first + index) % len(split) for index in range(count)])
         loaders.append(DataLoader(share, batch_size=cfg.device_eval_batch_size, shuffle=False))
     return loaders
 
 
-def dynamic_loading_callback(cfg: TrainConfig, domains: Sequence[str]) -> DynamicBatchLoading:
+def dynamic_loading_callback(cfg: TrainConfig, domains: Sequence[str],
+                             artifacts: Optional[RunArtifacts] = None) -> DynamicBatchLoading:
+    """The callback; its weights plot goes to ``artifacts`` (the run folder), if given."""
     section = _checked_section(cfg)
     update = None
     if section.mode == "dynamic":
@@ -102,5 +101,5 @@ def dynamic_loading_callback(cfg: TrainConfig, domains: Sequence[str]) -> Dynami
         update = MixtureUpdate.for_domains(domains, references, section.eta, section.smoothing)
     eval_splits = EvalSplitLoss(rank_eval_loaders(cfg, domains, section.loss_batches), cfg.seed)
     source = eval_splits if section.loss_source == "eval" else TrainBatchLoss(len(domains), eval_splits)
-    plot = str(Path(cfg.save_folder) / PLOT_FILE) if section.plot and cfg.save_folder else None
+    plot = artifacts.path(PLOT_FILE) if section.plot and artifacts is not None else None
     return DynamicBatchLoading(domains, section.update_interval, source, update, plot)

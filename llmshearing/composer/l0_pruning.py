@@ -5,7 +5,8 @@ two optimiser groups; the model's forward then multiplies sampled masks in (dete
 AFTER_LOSS: add the Lagrangian to the loss (logged as separate loss terms).
 AFTER_TRAIN_BATCH: under FSDP, average the mask / λ gradients over the ranks (see distributed.py).
 BATCH_END: clamp log_alpha, log expected sizes / λ / targets.
-FIT_END: write the pruning plan made from the final deterministic masks.
+FIT_END: write the pruning plan made from the final deterministic masks into the run folder
+(local or remote, see run_artifacts.py).
 
 Multi-process: the L0 module is replicated on every rank (never sharded) and kept identical by DDP
 or by ``ReplicaSync`` under FSDP, so every rank holds the same log_alpha and λ; its noise stream is
@@ -15,13 +16,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Union
 
 from composer.core import Algorithm, Event, State
 from composer.loggers import Logger
 from composer.utils import dist
 
 from llmshearing.composer.distributed import ReplicaSync, attach_replicated, composer_model
+from llmshearing.composer.run_artifacts import RunArtifacts, as_run_artifacts
 from llmshearing.errors import ConfigError
 from llmshearing.plan import PLAN_FILE
 from llmshearing.shape import TargetShape
@@ -41,7 +43,7 @@ class L0Pruning(Algorithm):
         init_mean: float = 5.0,
         init_std: float = 0.01,
         block_masks: bool = False,
-        plan_folder: Optional[str] = None,
+        plan_folder: Union[str, RunArtifacts, None] = None,
     ):
         self.target = dict(target)
         self.mask_lr = mask_lr
@@ -50,7 +52,7 @@ class L0Pruning(Algorithm):
         self.init_mean = init_mean
         self.init_std = init_std
         self.block_masks = block_masks
-        self.plan_folder = plan_folder
+        self.plan_folder = as_run_artifacts(plan_folder)
         self.last_details: dict = {}
         self._sync: Optional[ReplicaSync] = None
 
@@ -71,7 +73,7 @@ class L0Pruning(Algorithm):
             self.l0(state).clamp_()
             logger.log_metrics({f"pruning/{k}": v for k, v in self.last_details.items()})
         elif event == Event.FIT_END:
-            self.write_plan(state)
+            self.write_plan(state, logger)
 
     @staticmethod
     def l0(state: State) -> L0Module:
@@ -117,13 +119,12 @@ class L0Pruning(Algorithm):
         self.last_details = details
         state.loss = {"total": lm_loss + lagrangian, "lm": lm_loss, "lagrangian": lagrangian}
 
-    def write_plan(self, state: State) -> Optional[Path]:
-        if dist.get_global_rank() != 0:
-            return None
-        folder = self.plan_folder
-        if folder is None:
+    def write_plan(self, state: State, logger: Optional[Logger] = None) -> Optional[Path]:
+        """The plan's local file (None on other ranks and without a plan folder)."""
+        if dist.get_global_rank() != 0 or self.plan_folder is None:
             return None
         plan = self.l0(state).make_plan()
-        path = plan.save(Path(folder) / PLAN_FILE)
-        log.info("final pruning plan written to %s (target %s)", path, plan.target_shape().to_dict())
+        path = self.plan_folder.write(PLAN_FILE, plan.save, state, logger)
+        log.info("final pruning plan written to %s (target %s)", self.plan_folder.location(PLAN_FILE),
+                 plan.target_shape().to_dict())
         return path

@@ -1,8 +1,9 @@
-"""Record the expected mask sizes during pruning and draw them as a PNG at the end of the run."""
+"""Record the expected mask sizes during pruning and draw them as a PNG at the end of the run
+(into the run folder, local or remote, see run_artifacts.py)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import torch
 from composer.core import Callback, State
@@ -10,11 +11,12 @@ from composer.loggers import Logger
 from composer.utils import dist
 
 from llmshearing.composer.distributed import composer_model
+from llmshearing.composer.run_artifacts import RunArtifacts, as_run_artifacts
 
 
 class MaskSizePlot(Callback):
-    def __init__(self, folder: Optional[str], filename: str = "mask_sizes.png", every: int = 1):
-        self.folder = folder
+    def __init__(self, folder: Union[str, RunArtifacts, None], filename: str = "mask_sizes.png", every: int = 1):
+        self.folder = as_run_artifacts(folder)
         self.filename = filename
         self.every = max(1, every)
         self.steps: List[int] = []
@@ -43,7 +45,7 @@ class MaskSizePlot(Callback):
 
     def fit_end(self, state: State, logger: Logger) -> None:
         if self.folder and dist.get_global_rank() == 0 and self.steps:
-            draw_mask_sizes(self.steps, self.series, Path(self.folder) / self.filename)
+            self.folder.write(self.filename, lambda path: draw_mask_sizes(self.steps, self.series, path), state, logger)
 
 
 def draw_mask_sizes(steps, series, path: Path) -> Path:

@@ -2,10 +2,13 @@
 
 The checkpoint holding the weights that produced the bad loss (saved right before this step) is
 renamed to ``*.nonfinite`` (kept for inspection, never resumed from by accident) and the
-``latest-rank*.pt`` link is pointed back at the last good checkpoint.
+``latest-rank*.pt`` link is pointed back at the last good checkpoint. That is done in a local
+save_folder only: the checkpoints of a remote one are already uploaded, and renaming Composer's
+local staging copies would set nothing aside, so they are left as they are (said in the error).
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from pathlib import Path
@@ -16,7 +19,9 @@ from composer.loggers import Logger
 from composer.utils import dist
 
 from llmshearing.checkpoint_files import is_partial, point_link
+from llmshearing.composer.run_artifacts import local_run_folder
 
+log = logging.getLogger(__name__)
 CHECKPOINT_BATCH = re.compile(r"-ba(\d+)-rank(\d+)\.pt$")
 
 
@@ -36,7 +41,14 @@ class StopOnNonFiniteLoss(Callback):
         completed = int(state.timestamp.batch)
         note = "no checkpoint was written before it"
         if self.save_folder and dist.get_local_rank() == 0:
-            note = quarantine_checkpoints(Path(self.save_folder), completed)
+            folder = local_run_folder(self.save_folder, state.run_name)
+            if folder is None:
+                note = (f"the checkpoints in the remote save_folder {self.save_folder} were not set aside, as only "
+                        f"a local folder's can be: ep*-ba{completed}-rank*.pt, if saved, holds the weights that gave "
+                        "this loss")
+                log.warning("not quarantining checkpoints: %s", note)
+            else:
+                note = quarantine_checkpoints(folder, completed)
         raise NonFiniteLossError(
             f"loss is {value} at step {completed + 1}; stopped before the optimizer step ({note})"
         )

@@ -100,7 +100,10 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | amp_bf16 | amp_fp16
     device: Optional[str] = None  # cpu | gpu; default: gpu when available
     fsdp: Optional[Dict[str, Any]] = None  # passed to Composer as parallelism_config.fsdp
-    save_folder: Optional[str] = None
+    save_folder: Optional[str] = None  # a local folder or a remote one (s3://, gs://, oci://, libcloud://, ...)
+    # keyword arguments of the object store of a remote save_folder, beyond what its URI says
+    # (Composer's RemoteUploader backend_kwargs: e.g. libcloud provider / provider_kwargs, S3 endpoint_url)
+    save_backend_kwargs: Dict[str, Any] = field(default_factory=dict)
     save_interval: str = "500ba"
     save_num_checkpoints_to_keep: int = -1
     save_overwrite: bool = False

@@ -115,6 +115,15 @@ def checked_manifest(data_dir: str | Path, domains: Sequence[str], seq_len: int)
     return manifest
 
 
+def open_eval_splits(data_dir: str | Path, domains: Sequence[str], seq_len: int, split: str = "eval",
+                     max_samples: int | None = None) -> dict[str, TokenEvalDataset]:
+    """Each domain's ``split`` (its first ``max_samples`` samples), in the order of ``domains``,
+    refusing token ids outside the vocabulary of the corpus's manifest (checked and read once)."""
+    vocab_size = checked_manifest(data_dir, domains, seq_len).get("vocab_size")
+    return {domain: TokenEvalDataset(domain_split_dir(data_dir, domain, split), seq_len, max_samples, vocab_size)
+            for domain in domains}
+
+
 def build_train_dataloader(data_dir: str | Path, domains: Sequence[str],
                            proportions: Sequence[float] | None, batch_size: int, seq_len: int,
                            seed: int, num_workers: int = 0,
@@ -140,13 +149,11 @@ def build_eval_dataloaders(data_dir: str | Path, domains: Sequence[str], batch_s
     With several ranks each reads its share through a ``DistributedSampler`` (Composer refuses
     map-style loaders without one, and the metrics are reduced across ranks anyway).
     """
-    vocab_size = checked_manifest(data_dir, domains, seq_len).get("vocab_size")
     if max_batches is not None and max_batches < 1:
         raise ConfigError(f"max_batches must be positive or None, got {max_batches}")
     max_samples = None if max_batches is None else max_batches * batch_size
     loaders = {}
-    for domain in domains:
-        split = TokenEvalDataset(domain_split_dir(data_dir, domain, "eval"), seq_len, max_samples, vocab_size)
+    for domain, split in open_eval_splits(data_dir, domains, seq_len, max_samples=max_samples).items():
         sampler = dist.get_sampler(split, shuffle=False) if dist.get_world_size() > 1 else None
         loaders[domain] = DataLoader(split, batch_size=batch_size, shuffle=False, sampler=sampler,
                                      num_workers=num_workers)

@@ -61,15 +61,12 @@ def split_loaders(data_dir, domains: Sequence[str], *, split: str, batch_size: i
                                       max_batches=max_batches)
     from torch.utils.data import DataLoader
 
-    from llmshearing.data.corpus import domain_split_dir
-    from llmshearing.data.loaders import TokenEvalDataset, checked_manifest
+    from llmshearing.data.loaders import open_eval_splits
 
-    vocab_size = checked_manifest(data_dir, domains, seq_len).get("vocab_size")
     limits = [n for n in (max_samples, max_batches and max_batches * batch_size) if n]
     limit = min(limits) if limits else None
-    return {domain: DataLoader(TokenEvalDataset(domain_split_dir(data_dir, domain, split), seq_len, limit, vocab_size),
-                               batch_size=batch_size, shuffle=False)
-            for domain in domains}
+    return {domain: DataLoader(dataset, batch_size=batch_size, shuffle=False)
+            for domain, dataset in open_eval_splits(data_dir, domains, seq_len, split, limit).items()}
 
 
 @torch.no_grad()
