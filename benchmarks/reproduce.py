@@ -2,7 +2,7 @@
 
     python benchmarks/reproduce.py --budget-tokens 12288 --prune-fraction 0.5 --in-process --out repro_out   # CPU, ~16 min
     python benchmarks/reproduce.py --budget-tokens 102400 --prune-fraction 0.5 --in-process --out repro_100k  # CPU, ~1.5 h (docs/RESULTS.md)
-    python benchmarks/reproduce.py --budget-tokens 5000000 --batch 64 --seq-len 512 --data CORPUS512 --out repro_gpu
+    python benchmarks/reproduce.py --budget-tokens 5000000 --batch 64 --seq-len 512 --data CORPUS512 --out repro_gpu   # GPU, bf16
 
 From the source (SmolLM2-135M by default) to the same target shape, each row spending the same
 number of training tokens (``--budget-tokens``; forward-only or curvature calibration passes are
@@ -78,6 +78,7 @@ class Settings:
     scratch_lr: float
     surgeon_shots: int
     seed: int
+    device: str = "cpu"  # cpu | gpu: where every stage runs (gpu: bf16 autocast in training)
 
     @property
     def tokens_per_step(self) -> int:
@@ -90,6 +91,16 @@ class Settings:
     @property
     def prune_steps(self) -> int:
         return min(self.total_steps - 1, max(1, round(self.total_steps * self.prune_fraction)))
+
+    @property
+    def training_device(self) -> List[str]:
+        """train.py overrides: the demo yamls say cpu / fp32."""
+        return ["device=gpu", "precision=amp_bf16"] if self.device == "gpu" else ["device=cpu", "precision=fp32"]
+
+    @property
+    def cli_device(self) -> List[str]:
+        """--device of the pruning, evaluation and reference-loss commands."""
+        return ["--device", "cuda" if self.device == "gpu" else "cpu"]
 
     @property
     def target_arg(self) -> str:
@@ -169,12 +180,14 @@ class Stages:
         if not path.exists():
             self.run("reference_losses", [PYTHON, "-m", "llmshearing.data.reference_loss", "--model", self.s.source,
                                           "--data", self.s.data, "--out", path, "--seq-len", self.s.seq_len,
-                                          "--batches", self.s.curve_eval_batches, "--batch-size", self.s.batch])
+                                          "--batches", self.s.curve_eval_batches, "--batch-size", self.s.batch,
+                                          *self.s.cli_device])
         return path
 
     def evaluate(self, name: str, model, max_tokens: Optional[int]) -> dict:
         out = self.work / f"{name}.eval.json"
-        argv = [PYTHON, "-m", "llmshearing.eval", model, "--data", self.s.data, "--out", out, "--seq-len", self.s.seq_len]
+        argv = [PYTHON, "-m", "llmshearing.eval", model, "--data", self.s.data, "--out", out, "--seq-len", self.s.seq_len,
+                *self.s.cli_device]
         argv += ["--max-tokens", max_tokens] if max_tokens else []
         self.run(f"{name}.eval", argv)
         return json.loads(out.read_text())
@@ -195,7 +208,7 @@ class Stages:
             f"eval_interval={max(1, steps // s.evals_per_stage)}ba", f"save_folder={folder}",
             f"save_interval={steps}ba", "save_num_checkpoints_to_keep=1", "save_overwrite=true", f"seed={s.seed}",
             f"loggers.file.filename={log}", "loggers.file.capture_stdout=false", "loggers.file.capture_stderr=false",
-            f"console_log_interval={max(1, steps // 4)}ba", f"run_name=repro-{name}",
+            f"console_log_interval={max(1, steps // 4)}ba", f"run_name=repro-{name}", *s.training_device,
         ]
         if log.exists():
             log.unlink()
@@ -241,7 +254,7 @@ def minitron_kd(stages: Stages) -> dict:
     pruned = stages.work / "minitron_pruned_hf"
     stages.run("minitron.prune", [PYTHON, "-m", "llmshearing.prune", "minitron", "--model", s.source, "--data", s.data,
                                   "--out", pruned, "--target", s.target_arg, "--calib-samples", s.calib_samples,
-                                  "--seq-len", s.seq_len, "--seed", s.seed])
+                                  "--seq-len", s.seq_len, "--seed", s.seed, *s.cli_device])
     start = stages.curve_point("minitron_pruned", pruned, 0)
     checkpoint, curve = stages.train("minitron_kd", "minitron_kd_smollm2.yaml", s.total_steps,
                                      [f"model.path={pruned}", f"teacher.path={s.source}",
@@ -255,7 +268,8 @@ def surgeon_cpt(stages: Stages) -> dict:
     pruned = stages.work / "surgeon_pruned_hf"
     stages.run("surgeon.prune", [PYTHON, "-m", "llmshearing.prune", "surgeon", "--model", s.source, "--data", s.data,
                                  "--out", pruned, "--mode", "structured", "--target", s.target_arg, "--shots", s.surgeon_shots,
-                                 "--calib-samples", s.calib_samples, "--seq-len", s.seq_len, "--seed", s.seed])
+                                 "--calib-samples", s.calib_samples, "--seq-len", s.seq_len, "--seed", s.seed,
+                                 *s.cli_device])
     start = stages.curve_point("surgeon_pruned", pruned, 0)
     model, curve = stages.cpt("surgeon_cpt", pruned, "dynamic", s.total_steps)
     return {"model": model, "curve": [start] + curve, "training_tokens": s.total_steps * s.tokens_per_step,
@@ -332,10 +346,10 @@ def worst_gap(row: dict, reference: dict) -> Tuple[str, float]:
     return domain, gaps[domain]
 
 
-def machine() -> str:
+def machine(device: str) -> str:
     import torch
 
-    if torch.cuda.is_available():
+    if device == "gpu":
         device = torch.cuda.get_device_name()
     else:
         device = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
@@ -446,7 +460,13 @@ def parse_args(argv=None) -> Tuple[Settings, argparse.Namespace]:
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--resume", action="store_true", help="keep rows already in OUT/rows/")
     parser.add_argument("--in-process", action="store_true", help="run the stages' mains in this process (faster start)")
+    parser.add_argument("--device", choices=("cpu", "gpu"), help="where every stage runs (default: gpu when CUDA is there)")
     args = parser.parse_args(argv)
+    import torch
+
+    device = args.device or ("gpu" if torch.cuda.is_available() else "cpu")
+    if device == "gpu" and not torch.cuda.is_available():
+        raise SystemExit("error: --device gpu, but torch sees no CUDA device")
     from llmshearing.prune.cli import parse_target
 
     out = args.out.resolve()
@@ -455,7 +475,7 @@ def parse_args(argv=None) -> Tuple[Settings, argparse.Namespace]:
         budget_tokens=args.budget_tokens, seq_len=args.seq_len, batch=args.batch, prune_fraction=args.prune_fraction,
         target=parse_target(args.target), calib_samples=args.calib_samples, curve_eval_batches=args.curve_eval_batches,
         evals_per_stage=args.evals_per_stage, final_max_tokens=args.final_max_tokens, lr=args.lr,
-        scratch_lr=args.scratch_lr, surgeon_shots=args.surgeon_shots, seed=args.seed)
+        scratch_lr=args.scratch_lr, surgeon_shots=args.surgeon_shots, seed=args.seed, device=device)
     return settings, args
 
 
@@ -479,7 +499,7 @@ def main(argv=None) -> int:
     rows_dir = s.out / "rows"
     rows_dir.mkdir(exist_ok=True)
     started = utc_now()
-    header = {"machine": machine(), "date": started}
+    header = {"machine": machine(s.device), "date": started}
     rows, failures = {}, {}
     for name in sorted(args.rows, key=RUN_ORDER.index):
         saved = rows_dir / f"{name}.json"

@@ -1,6 +1,7 @@
 """benchmarks/reproduce.py: every row end to end at a tiny budget (a tiny source model, in-process)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -67,3 +68,23 @@ def test_every_row_at_a_tiny_budget(sample_corpus, tmp_path):
     body = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| row")]
     assert [line.split(" | ")[0] for line in body] == [f"| {reproduce.ROW_TITLES[r]}" for r in reproduce.ROWS]
     assert (out / "eval_loss_vs_tokens.png").stat().st_size > 10_000
+
+
+def test_every_stage_runs_on_the_device_asked_for(tmp_path, sample_corpus):
+    reproduce = load_benchmark_script("reproduce")
+    cpu, _ = reproduce.parse_args(["--budget-tokens", "512", "--out", str(tmp_path), "--data", str(sample_corpus),
+                                   "--device", "cpu"])
+    commands = []
+    stages = reproduce.Stages(dataclasses.replace(cpu, device="gpu"), lambda name, argv: commands.append(argv))
+    stages.train("cpt", "demo_smollm2_cpt.yaml", 4, [])
+    stages.reference_losses()
+    train, reference = ([str(a) for a in command] for command in commands)
+    assert train[-2:] == ["device=gpu", "precision=amp_bf16"]  # after the yaml's own cpu / fp32
+    assert reference[-2:] == ["--device", "cuda"]
+    assert cpu.training_device == ["device=cpu", "precision=fp32"] and cpu.cli_device == ["--device", "cpu"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_gpu_without_cuda_is_a_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        load_benchmark_script("reproduce").parse_args(["--budget-tokens", "512", "--out", str(tmp_path), "--device", "gpu"])
