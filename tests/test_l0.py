@@ -257,3 +257,34 @@ def test_extra_state_round_trip_and_mismatch():
     other_source = gqa_config(tied=True)
     with pytest.raises(CheckpointError):
         L0Module(other_source, GQA_ALL_PRUNED).load_state_dict(state)
+
+
+# ---- convergence at the end of pruning -----------------------------------------------------------
+def test_untrained_masks_are_reported_behind_the_target_with_every_cut_unit_still_open():
+    from llmshearing.sheared.convergence import plan_convergence_warning
+
+    source = gqa_config()
+    plan = L0Module(source, GQA_ALL_PRUNED).make_plan()  # log_alpha 5: every gate open
+    report = {entry["structure"]: entry for entry in plan.metadata["mask_convergence"]}
+    assert set(report) == {"layer", "kv_group", "head", "intermediate", "hidden"}
+    layers, neurons = report["layer"], report["intermediate"]
+    assert layers["expected_fraction"] == pytest.approx(1.0, abs=1e-2)
+    assert layers["target_fraction"] == pytest.approx(3 / source.num_hidden_layers)
+    assert layers["cut"] == layers["cut_while_open"] == source.num_hidden_layers - 3
+    assert neurons["cut"] == neurons["cut_while_open"] == source.num_hidden_layers * (source.intermediate_size - 21)
+    # heads of the one kept KV group: 3 -> 2 per layer
+    assert report["head"]["cut"] == source.num_hidden_layers * 1
+    warning = plan_convergence_warning(plan)
+    assert warning.startswith("the masks had not reached the target shape when pruning ended: layer at 1.00")
+    assert "prune for more steps" in warning
+
+
+def test_masks_that_reached_the_target_give_no_warning():
+    from llmshearing.sheared.convergence import mask_convergence, plan_convergence_warning
+
+    l0 = L0Module(gqa_config(), GQA_ALL_PRUNED)
+    set_binary_gates(l0)
+    report = mask_convergence(l0)
+    assert all(entry.cut_while_open == 0 and entry.cut > 0 for entry in report)
+    assert all(entry.expected_fraction == pytest.approx(entry.target_fraction, abs=1e-3) for entry in report)
+    assert plan_convergence_warning(l0.make_plan()) is None

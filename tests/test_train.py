@@ -48,6 +48,16 @@ def test_tiny_run_reaches_the_target_sizes(tiny_run):
         assert abs(value - finals[name]) <= 0.05, (name, value, finals[name])
     plan = PruningPlan.load(tiny_run)
     assert plan.target_shape() == TargetShape.from_mapping(cfg.pruning.target, model.config)
+    recorded = {entry["structure"]: entry["expected_fraction"] for entry in plan.metadata["mask_convergence"]}
+    assert recorded == pytest.approx(expected)
+
+
+def test_a_run_stopped_before_the_masks_converge_says_so(sample_corpus, tmp_path):
+    result = train(f"data.path={sample_corpus}", f"save_folder={tmp_path}", "max_duration=3ba", "save_interval=3ba",
+                   "eval_interval=100ba")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the masks had not reached the target shape when pruning ended: layer at" in result.stderr
+    assert PruningPlan.load(tmp_path).metadata["mask_convergence"][0]["cut_while_open"] > 0
 
 
 def test_tiny_run_writes_plot_tokenizer_free_outputs(tiny_run):
@@ -65,6 +75,7 @@ def test_pruned_checkpoint_exports_a_sliced_model_equal_to_the_masked_one(tiny_r
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(out)
+    assert "had not reached the target shape" not in result.stderr  # the tiny run converges
     hf = AutoModelForCausalLM.from_pretrained(out).eval()
     assert (hf.config.hidden_size, hf.config.num_hidden_layers, hf.config.intermediate_size) == (32, 3, 40)
     assert (hf.config.num_attention_heads, hf.config.num_key_value_heads) == (2, 1)

@@ -27,6 +27,7 @@ from llmshearing.composer.run_artifacts import RunArtifacts, as_run_artifacts
 from llmshearing.errors import ConfigError
 from llmshearing.plan import PLAN_FILE
 from llmshearing.shape import TargetShape
+from llmshearing.sheared.convergence import plan_convergence_warning
 from llmshearing.sheared.l0_module import L0Module
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,9 @@ class L0Pruning(Algorithm):
         if dist.get_global_rank() != 0 or self.plan_folder is None:
             return None
         plan = self.l0(state).make_plan()
+        lagging = plan_convergence_warning(plan)
+        if lagging:
+            log.warning(lagging)
         path = self.plan_folder.write(PLAN_FILE, plan.save, state, logger)
         log.info("final pruning plan written to %s (target %s)", self.plan_folder.location(PLAN_FILE),
                  plan.target_shape().to_dict())

@@ -33,6 +33,7 @@ from llmshearing.errors import CheckpointError, ConfigError
 from llmshearing.model.config import LlamaConfig
 from llmshearing.plan import LayerPlan, PruningPlan
 from llmshearing.shape import TargetShape, count_parameters
+from llmshearing.sheared.convergence import mask_convergence
 from llmshearing.sheared.hard_concrete import DEFAULT_LOG_ALPHA_RANGE, HardConcrete
 from llmshearing.sheared.noise import NoiseStream
 
@@ -188,7 +189,7 @@ class L0Module(nn.Module):
 
     def deterministic_masks(self) -> Dict[str, torch.Tensor]:
         """Dense masks keeping exactly the target counts; same values as ``make_plan().to_masks()``."""
-        sel = self._select()
+        sel = self.selection()
         layer = sel.layer_keep.float()
         return {
             "layer_z": layer,
@@ -200,7 +201,8 @@ class L0Module(nn.Module):
         }
 
     @torch.no_grad()
-    def _select(self) -> _Selection:
+    def selection(self) -> _Selection:
+        """Which units the deterministic masks (and the plan) keep, and their soft values."""
         # unpruned structures have all-ones scores and a target count equal to the source count,
         # so the same top-k code keeps all of their units
         source, target = self.source, self.target
@@ -225,7 +227,7 @@ class L0Module(nn.Module):
 
     def make_plan(self) -> PruningPlan:
         """The final deterministic masks as a PruningPlan (soft values become the plan's scales)."""
-        sel = self._select().to("cpu")
+        sel = self.selection().to("cpu")
         pruned = set(self.gates)
 
         def scales(values: torch.Tensor, keep: torch.Tensor, *gates: str) -> Optional[List[float]]:
@@ -250,7 +252,8 @@ class L0Module(nn.Module):
             layers=layers,
             hidden_scale=scales(sel.hidden_value, sel.hidden_keep, "hidden"),
             method="sheared",
-            metadata={"target_shape": self.target.to_dict()},
+            metadata={"target_shape": self.target.to_dict(),
+                      "mask_convergence": [entry.to_dict() for entry in mask_convergence(self)]},
         )
         plan.validate()
         return plan

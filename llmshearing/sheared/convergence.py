@@ -1,0 +1,68 @@
+"""How close the L0 masks came to the target shape by the end of pruning.
+
+The final plan keeps exactly the target counts whatever the gates say (the top ``log_alpha`` of each
+structure). When pruning stops before the Lagrangian has brought the expected sizes down to the
+target (a short run, a small ``lag_lr``), that top-k cut removes units whose gates still keep them,
+and the sliced model starts CPT far worse than the masked model trained. This module measures that,
+per pruned structure, so the run and the conversion can say so instead of leaving it to be guessed
+from a bad perplexity.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import List, Optional
+
+import torch
+
+from llmshearing.sheared.hard_concrete import HardConcrete
+
+DEFAULT_TOLERANCE = 0.05  # of the source's units: how far above its target a structure may end
+
+
+@dataclass(frozen=True)
+class StructureConvergence:
+    structure: str
+    expected_fraction: float  # Σ P(gate > 0) / source units, what the masked model was trained with
+    target_fraction: float
+    cut: int  # units the final plan removes
+    cut_while_open: int  # of those, units whose gate still keeps them with probability > 0.5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def mask_convergence(l0) -> List[StructureConvergence]:
+    """One entry per structure the L0Module prunes (its final, not warmed-up, target)."""
+    selection = l0.selection()
+    open_gate = {name: p > 0.5 for name, p in l0._per_gate(HardConcrete.keep_probability).items()}
+    cut = {
+        "layer": ~selection.layer_keep,
+        "kv_group": ~selection.kv_keep,
+        # query heads of kept KV groups; a removed group's heads are counted under kv_group
+        "head": ~selection.head_keep & l0._expand_groups(selection.kv_keep),
+        "intermediate": ~selection.neuron_keep,
+        "hidden": ~selection.hidden_keep,
+    }
+    expected, targets = l0.expected_sizes(), l0.target_fractions()
+    return [StructureConvergence(name, float(expected[name]), float(targets[name]), int(cut[name].sum()),
+                                 int((cut[name] & open_gate[name]).sum()))
+            for name in l0.structures]
+
+
+def convergence_warning(report: List[StructureConvergence], tolerance: float = DEFAULT_TOLERANCE) -> Optional[str]:
+    """A one-line warning naming the structures that ended above their target; None if all reached it."""
+    behind = [r for r in report if r.expected_fraction - r.target_fraction > tolerance]
+    if not behind:
+        return None
+    details = "; ".join(
+        f"{r.structure} at {r.expected_fraction:.2f} of the source vs target {r.target_fraction:.2f} "
+        f"({r.cut_while_open} of the {r.cut} units cut still had open gates)" for r in behind)
+    return (f"the masks had not reached the target shape when pruning ended: {details}. The slice keeps the "
+            "target counts anyway, so expect a loss jump after slicing; prune for more steps or raise pruning.lag_lr")
+
+
+def plan_convergence_warning(plan, tolerance: float = DEFAULT_TOLERANCE) -> Optional[str]:
+    """The warning for a plan made by ``L0Module.make_plan`` (None for plans without the record)."""
+    entries = plan.metadata.get("mask_convergence")
+    return None if not entries else convergence_warning([StructureConvergence(**e) for e in entries], tolerance)
