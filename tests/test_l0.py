@@ -288,3 +288,26 @@ def test_masks_that_reached_the_target_give_no_warning():
     assert all(entry.cut_while_open == 0 and entry.cut > 0 for entry in report)
     assert all(entry.expected_fraction == pytest.approx(entry.target_fraction, abs=1e-3) for entry in report)
     assert plan_convergence_warning(l0.make_plan()) is None
+
+
+def test_the_quadratic_term_pulls_each_layer_to_the_target_not_only_their_mean():
+    """Half the layers fully open, half shut: the mean fraction of neurons is on target (0.5), so
+    only the per-layer quadratic term is non-zero; its gradient shuts the open layers' gates and
+    opens the shut ones' (the plan keeps the same count in every layer)."""
+    source = gqa_config()
+    half = source.intermediate_size // 2
+    l0 = L0Module(source, shape(source.hidden_size, source.num_attention_heads, source.num_key_value_heads,
+                                source.num_hidden_layers, half))
+    open_layers = torch.arange(source.num_hidden_layers) % 2 == 0
+    with torch.no_grad():
+        gate = l0.gates["intermediate"].log_alpha
+        gate.copy_(torch.where(open_layers[:, None], torch.full_like(gate, BIG), torch.full_like(gate, -BIG)))
+        gate[:, 0] = 0.0  # a gate with a gradient in every layer (±BIG saturates the keep probability)
+        l0.lambda_2["intermediate"].fill_(1.0)
+    rows = l0.expected_row_fractions()["intermediate"]
+    assert l0.expected_sizes()["intermediate"].item() == pytest.approx(rows.mean().item())
+    loss, details = l0.lagrangian(step=0)
+    assert loss.item() > 0.2  # ≈ mean((1 - 0.5)², (0 - 0.5)²) = 0.25
+    loss.backward()
+    grad = l0.gates["intermediate"].log_alpha.grad[:, 0]
+    assert (grad[open_layers] > 0).all() and (grad[~open_layers] < 0).all()  # descent: open ones shut, shut ones open

@@ -265,15 +265,21 @@ class L0Module(nn.Module):
 
     def expected_sizes(self) -> Dict[str, torch.Tensor]:
         """Differentiable expected fraction of the source kept, per pruned structure."""
+        return {name: rows.mean() for name, rows in self.expected_row_fractions().items()}
+
+    def expected_row_fractions(self) -> Dict[str, torch.Tensor]:
+        """Expected kept fraction per row of each pruned structure: per layer for the structures the
+        plan cuts to the same count in every layer (KV groups, query heads, neurons), one value for
+        layers and hidden channels. Their mean over the rows is :meth:`expected_sizes`."""
         scores = self._per_gate(HardConcrete.keep_probability)
-        fractions = {
-            "layer": scores["layer"].mean(),
-            "kv_group": scores["kv_group"].mean(),
-            "head": self._expected_query_heads(scores).mean() / self.source.num_attention_heads,
-            "intermediate": scores["intermediate"].mean(),
-            "hidden": scores["hidden"].mean(),
+        rows = {
+            "layer": scores["layer"].mean().reshape(1),
+            "kv_group": scores["kv_group"].mean(1),
+            "head": self._expected_query_heads(scores) / self.source.num_attention_heads,
+            "intermediate": scores["intermediate"].mean(1),
+            "hidden": scores["hidden"].mean().reshape(1),
         }
-        return {name: fractions[name] for name in self.structures}
+        return {name: rows[name] for name in self.structures}
 
     def target_fractions(self, step: Optional[int] = None) -> Dict[str, float]:
         """Target kept fraction per pruned structure: final, or warmed up from 1.0 at ``step``."""
@@ -308,21 +314,29 @@ class L0Module(nn.Module):
 
     # ---- Lagrangian -------------------------------------------------------------------------------
     def lagrangian(self, step: int) -> Tuple[torch.Tensor, Dict[str, float]]:
-        """Σ_j λ1_j (ŝ_j − t_j) + λ2_j (ŝ_j − t_j)², and floats for logging.
+        """Σ_j mean_r [λ1_j (ŝ_jr − t_j) + λ2_j (ŝ_jr − t_j)²], and floats for logging.
+
+        r runs over the rows of structure j (:meth:`expected_row_fractions`): the layers for KV
+        groups, query heads and neurons, as in the reference implementation. The linear term is the
+        same as on the whole structure's fraction; the quadratic one pulls every layer to the target
+        on its own, since the plan keeps the same count in every layer: a constraint met only on
+        average (one layer's gates open, another's shut) would leave the final top-k cutting open
+        gates in the first and keeping shut ones in the second.
 
         The λ enter through a gradient-reversal op, so an optimiser minimising the total loss
         performs gradient ascent on them (the saddle point of the constrained problem). Doing it in
         the graph rather than with a hook on the λ parameters keeps working when FSDP replaces or
         flattens the parameter objects, or the module is deep-copied.
         """
-        expected = self.expected_sizes()
+        rows = self.expected_row_fractions()
         targets = self.target_fractions(step)
         loss = torch.zeros((), device=self._device_anchor.device)
         for name in self.structures:
-            gap = expected[name] - targets[name]
+            gap = rows[name] - targets[name]
             lambda_1 = _GradientAscent.apply(self.lambda_1[name])
             lambda_2 = _GradientAscent.apply(self.lambda_2[name])
-            loss = loss + lambda_1 * gap + lambda_2 * gap * gap
+            loss = loss + (lambda_1 * gap + lambda_2 * gap * gap).mean()
+        expected = {name: row.mean() for name, row in rows.items()}
         return loss, self._lagrangian_details(expected, targets, loss)
 
     @torch.no_grad()
