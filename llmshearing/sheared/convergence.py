@@ -14,8 +14,6 @@ from typing import List, Optional
 
 import torch
 
-from llmshearing.sheared.hard_concrete import HardConcrete
-
 DEFAULT_TOLERANCE = 0.05  # of the source's units: how far above its target a structure may end
 
 
@@ -35,12 +33,13 @@ class StructureConvergence:
 def mask_convergence(l0) -> List[StructureConvergence]:
     """One entry per structure the L0Module prunes (its final, not warmed-up, target)."""
     selection = l0.selection()
-    open_gate = {name: p > 0.5 for name, p in l0._per_gate(HardConcrete.keep_probability).items()}
+    open_gate = {name: p > 0.5 for name, p in l0.keep_probabilities().items()}
+    kept_group_heads = selection.kv_keep.repeat_interleave(l0.source.query_groups, dim=1)
     cut = {
         "layer": ~selection.layer_keep,
         "kv_group": ~selection.kv_keep,
         # query heads of kept KV groups; a removed group's heads are counted under kv_group
-        "head": ~selection.head_keep & l0._expand_groups(selection.kv_keep),
+        "head": ~selection.head_keep & kept_group_heads,
         "intermediate": ~selection.neuron_keep,
         "hidden": ~selection.hidden_keep,
     }

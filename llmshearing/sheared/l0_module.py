@@ -267,11 +267,15 @@ class L0Module(nn.Module):
         """Differentiable expected fraction of the source kept, per pruned structure."""
         return {name: rows.mean() for name, rows in self.expected_row_fractions().items()}
 
+    def keep_probabilities(self) -> Dict[str, torch.Tensor]:
+        """P(gate > 0) of every unit of every gate (ones where a structure is not pruned)."""
+        return self._per_gate(HardConcrete.keep_probability)
+
     def expected_row_fractions(self) -> Dict[str, torch.Tensor]:
         """Expected kept fraction per row of each pruned structure: per layer for the structures the
         plan cuts to the same count in every layer (KV groups, query heads, neurons), one value for
         layers and hidden channels. Their mean over the rows is :meth:`expected_sizes`."""
-        scores = self._per_gate(HardConcrete.keep_probability)
+        scores = self.keep_probabilities()
         rows = {
             "layer": scores["layer"].mean().reshape(1),
             "kv_group": scores["kv_group"].mean(1),
@@ -291,7 +295,7 @@ class L0Module(nn.Module):
 
     def expected_parameters(self) -> torch.Tensor:
         """Differentiable expected parameter count (float64); exact when all scores are 0 or 1."""
-        scores = {name: s.double() for name, s in self._per_gate(HardConcrete.keep_probability).items()}
+        scores = {name: s.double() for name, s in self.keep_probabilities().items()}
         layer = scores["layer"]
         expected_layers = layer.sum()
         # count_parameters is (layers × per-layer size) with per-layer size linear in the head,
