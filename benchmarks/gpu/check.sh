@@ -73,7 +73,7 @@ for name in ("mosaicml", "mosaicml-streaming", "transformers", "numpy", "flash-a
         print(name, "not installed")
 PY
 command -v nvidia-smi > /dev/null && nvidia-smi >> "$OUT/env.txt" 2>&1
-cat "$OUT/env.txt" | head -8
+head -8 "$OUT/env.txt"
 
 if [[ "$SMOKE" == 1 ]]; then
     SIZES=(--tiny --device cpu --seq-len 64 --steps 2 --warmup 1)

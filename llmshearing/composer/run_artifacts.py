@@ -151,10 +151,9 @@ class RunArtifacts(Callback):
 
     # --- Composer events -------------------------------------------------------------------------
     def init(self, state: State, logger: Logger) -> None:
-        uploader = self._saver_uploader(state) if self.remote else None
-        if uploader is not None:  # every rank's: each rank's saver may upload
-            uploader.backend_kwargs.update(self.backend_kwargs)
         self._bind(state, logger)
+        if self._uploader is not None:  # every rank's: each rank's saver may upload
+            self._uploader.backend_kwargs.update(self.backend_kwargs)
         deferred, self._deferred = self._deferred, []
         for name, writer in deferred:
             self.write(name, writer)
