@@ -20,6 +20,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from llmshearing.devices import default_torch_device
 from llmshearing.errors import ConfigError, LLMShearingError
 
 EXIT_BAD_INPUT = 2
@@ -78,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--batches", type=int, default=8, help="eval batches per domain (default 8)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, help="default: the corpus's sample length")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_torch_device(), help="default: cuda when there is a GPU, else cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     args = parser.parse_args(argv)
     try:

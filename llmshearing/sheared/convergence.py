@@ -30,10 +30,11 @@ class StructureConvergence:
 
 
 @torch.no_grad()
-def mask_convergence(l0) -> List[StructureConvergence]:
-    """One entry per structure the L0Module prunes (its final, not warmed-up, target)."""
-    selection = l0.selection()
-    open_gate = {name: p > 0.5 for name, p in l0.keep_probabilities().items()}
+def mask_convergence(l0, selection=None) -> List[StructureConvergence]:
+    """One entry per structure the L0Module prunes (its final, not warmed-up, target); ``selection``:
+    ``l0.selection()`` when the caller has it already."""
+    selection = (selection or l0.selection()).to("cpu")
+    open_gate = {name: p.cpu() > 0.5 for name, p in l0.keep_probabilities().items()}
     kept_group_heads = selection.kv_keep.repeat_interleave(l0.source.query_groups, dim=1)
     cut = {
         "layer": ~selection.layer_keep,

@@ -253,7 +253,7 @@ class L0Module(nn.Module):
             hidden_scale=scales(sel.hidden_value, sel.hidden_keep, "hidden"),
             method="sheared",
             metadata={"target_shape": self.target.to_dict(),
-                      "mask_convergence": [entry.to_dict() for entry in mask_convergence(self)]},
+                      "mask_convergence": [entry.to_dict() for entry in mask_convergence(self, sel)]},
         )
         plan.validate()
         return plan
