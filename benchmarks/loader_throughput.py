@@ -31,7 +31,8 @@ from llmshearing.data.domain_loss import domain_loss_sums, sample_token_losses
 from llmshearing.data.dynamic_loader import build_dynamic_train_dataloader
 from llmshearing.data.loaders import build_eval_dataloaders, build_train_dataloader
 from llmshearing.data.mixture_update import MixtureUpdate
-from mask_overhead import SHAPES, time_steps  # benchmarks/ is the script's folder
+from mask_overhead import time_steps  # benchmarks/ is the script's folder
+from shapes import SHAPES
 
 MACHINE = platform.processor() or platform.machine()
 

@@ -21,14 +21,8 @@ from llmshearing.model import LlamaConfig
 from llmshearing.model.composer_model import ComposerLlama
 from llmshearing.shape import TargetShape
 from llmshearing.sheared.l0_module import L0Module
+from shapes import SHAPES  # benchmarks/ is the script's folder
 
-SHAPES = {
-    "tiny": dict(vocab_size=1000, hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4),
-    "smollm2": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                    num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True),
-    "llama2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                      num_attention_heads=32),
-}
 TARGETS = {  # roughly the paper's ratios
     "tiny": dict(hidden_size=64, num_attention_heads=2, num_key_value_heads=2, intermediate_size=160),
     "smollm2": dict(hidden_size=384, num_attention_heads=6, num_key_value_heads=3, intermediate_size=1024),
@@ -61,7 +55,7 @@ def time_steps(model: ComposerLlama, batch, steps: int, warmup: int, device) -> 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="smollm2")
+    parser.add_argument("--shape", choices=sorted(TARGETS), default="smollm2")
     parser.add_argument("--layers", type=int, default=None, help="override the number of layers")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)

@@ -46,25 +46,14 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from llmshearing.devices import default_torch_device  # noqa: E402
 from llmshearing.model import LlamaConfig  # noqa: E402
 from llmshearing.model.composer_model import ComposerLlama  # noqa: E402
 from llmshearing.model.llama import DecoderLayer  # noqa: E402
+from shapes import SHAPES  # noqa: E402
 
-LLAMA = dict(vocab_size=32000, head_dim=128, max_position_embeddings=4096, tie_word_embeddings=False)
-SHAPES = {
-    "llama2-7b": dict(LLAMA, hidden_size=4096, num_attention_heads=32, num_key_value_heads=32,
-                      num_hidden_layers=32, intermediate_size=11008),
-    "sheared-2.7b": dict(LLAMA, hidden_size=2560, num_attention_heads=20, num_key_value_heads=20,
-                         num_hidden_layers=32, intermediate_size=6912),
-    "sheared-1.3b": dict(LLAMA, hidden_size=2048, num_attention_heads=16, num_key_value_heads=16,
-                         num_hidden_layers=24, intermediate_size=5504),
-    "tiny-source": dict(vocab_size=512, head_dim=16, max_position_embeddings=256, hidden_size=64,
-                        num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=2, intermediate_size=128),
-    "tiny-target": dict(vocab_size=512, head_dim=16, max_position_embeddings=256, hidden_size=32,
-                        num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=64),
-}
 PRUNING_TARGETS = {"llama2-7b": "sheared-2.7b", "tiny-source": "tiny-target"}
 DEFAULT_RUNS = ["prune:llama2-7b", "cpt:sheared-2.7b", "cpt:sheared-1.3b"]
 TINY_RUNS = ["prune:tiny-source", "cpt:tiny-target"]

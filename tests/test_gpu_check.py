@@ -1,5 +1,5 @@
 """benchmarks/gpu/check.sh, the one-call GPU check, run on the CPU with tiny shapes (GPU_CHECK_SMOKE=1):
-every stage runs, writes its file and records its exit code; a short budget skips stages and still
+every stage runs (throughput, gpu tests, mask overhead, inference), writes its file and records its exit code; a short budget skips stages and still
 writes the summary; table.py turns the throughput lines into the BENCHMARKS.md rows."""
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def test_check_runs_every_stage_and_writes_its_files(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     stages = (tmp_path / "stages.txt").read_text().splitlines()
     assert [line.rsplit(": ", 1)[0] for line in stages] == [
-        "throughput cpt:tiny-target", "throughput prune:tiny-source", "gpu tests", "mask overhead"]
+        "throughput cpt:tiny-target", "throughput prune:tiny-source", "gpu tests", "mask overhead",
+        "inference batch 1"]
     assert all(" rc=0 " in line for line in stages), stages
     records = [json.loads(line) for line in (tmp_path / "throughput.jsonl").read_text().splitlines()]
     measured = [r for r in records if "skipped" not in r]
@@ -41,6 +42,9 @@ def test_check_runs_every_stage_and_writes_its_files(tmp_path):
     assert len(rows) == 2 + len(records)
     masks = json.loads((tmp_path / "mask_overhead.jsonl").read_text().splitlines()[-1])
     assert masks["masked_step_s"] > 0 and masks["unmasked_step_s"] > 0
+    inference = [json.loads(line) for line in (tmp_path / "inference_b1.jsonl").read_text().splitlines()]
+    assert [r["model"] for r in inference] == ["tiny", "tiny-target"] and inference[1]["decode_tokens_per_s"] > 0
+    assert "| tiny-target |" in (tmp_path / "inference_b1.md").read_text()
     assert "torch" in (tmp_path / "env.txt").read_text()
 
 
@@ -48,7 +52,7 @@ def test_a_spent_budget_skips_the_stages_and_still_reports(tmp_path):
     result = check(tmp_path, GPU_CHECK_SECONDS="5")
     assert result.returncode == 0, result.stderr[-2000:]
     stages = (tmp_path / "stages.txt").read_text().splitlines()
-    assert len(stages) == 4 and all(line.endswith("skipped (no time left)") for line in stages), stages
+    assert len(stages) == 5 and all(line.endswith("skipped (no time left)") for line in stages), stages
     assert "error: no throughput results" in (tmp_path / "throughput.md").read_text()
 
 

@@ -10,6 +10,8 @@
 #   1. throughput + MFU (benchmarks/throughput.py): CPT 1.3B / 2.7B, pruning 7B, seq 4096   -> throughput.jsonl
 #   2. the gpu-marked tests (bf16 masked = sliced, FSDP on one GPU, 2:4 semi-structured)      -> gpu_tests.log
 #   3. mask overhead, LLaMA2-7B layer shape, bf16 (benchmarks/mask_overhead.py)              -> mask_overhead.jsonl
+#   4. inference: LLaMA2-7B vs the pruned 2.7B / 1.3B shapes and 7B 2:4 semi-structured,
+#      batch 1 and 16 (benchmarks/inference.py)                                             -> inference_b*.md/.jsonl
 # then env.txt (device, driver, versions) and throughput.md (the rows for docs/BENCHMARKS.md).
 #
 # GPU_CHECK_SMOKE=1 runs the same stages with tiny shapes on whatever device there is (the CPU test
@@ -80,11 +82,16 @@ if [[ "$SMOKE" == 1 ]]; then
     RUNS=("cpt:tiny-target" "prune:tiny-source")
     MASKS=(--shape tiny --layers 1 --seq-len 32 --batch 1 --steps 1 --warmup 1)
     TESTS=(tests/test_gpu.py)
+    INFER=(shape:tiny shape:tiny-target --device cpu --prompt-len 16 --new-tokens 4 --repeats 1)
+    INFER_BATCHES=(1)
 else
     SIZES=()
     RUNS=("cpt:sheared-1.3b" "cpt:sheared-2.7b" "prune:llama2-7b")
     MASKS=(--shape llama2-7b --layers 4 --device cuda --dtype bf16 --seq-len 4096 --batch 1)
     TESTS=(tests)
+    INFER=(shape:llama2-7b shape:sheared-2.7b shape:sheared-1.3b shape:llama2-7b:2:4 --device cuda --dtype bf16
+           --semi-structured --prompt-len 512 --new-tokens 128 --repeats 3)
+    INFER_BATCHES=(1 16)
 fi
 
 for run in "${RUNS[@]}"; do  # one process a shape: a crash or a hang costs one row, not the rest
@@ -92,6 +99,10 @@ for run in "${RUNS[@]}"; do  # one process a shape: a crash or a hang costs one 
 done
 stage "gpu tests" 240 "$OUT/gpu_tests.log" "$PYTHON" -m pytest -q -m gpu -rs -p no:cacheprovider "${TESTS[@]}"
 stage "mask overhead" 120 "$OUT/mask_overhead.jsonl" "$PYTHON" benchmarks/mask_overhead.py "${MASKS[@]}"
+for batch in "${INFER_BATCHES[@]}"; do
+    stage "inference batch $batch" 90 - "$PYTHON" benchmarks/inference.py "${INFER[@]}" --batch "$batch" \
+        --out "$OUT/inference_b$batch.jsonl" --markdown "$OUT/inference_b$batch.md"
+done
 "$PYTHON" benchmarks/gpu/table.py "$OUT/throughput.jsonl" > "$OUT/throughput.md" 2>&1
 cat "$OUT/throughput.md"
 say "done; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
