@@ -19,8 +19,10 @@ Per model, the median of ``--repeats`` timed runs after one warm-up:
 - decode: ``generate`` of ``--new-tokens`` tokens (always that many: ``min_new_tokens``); the time
   after the prefill divided by the tokens decoded after the first: ms per step and tokens/s.
 - memory: CUDA peak allocated during generation, or the weights' bytes on the CPU.
-Speed-ups are relative to the first model. One JSON object per model to stdout and ``--out``;
-``--markdown`` writes the table for docs/BENCHMARKS.md.
+Speed-ups are relative to the first model measured. One JSON object per model to stdout and
+``--out``; ``--markdown`` writes the table for docs/BENCHMARKS.md. A model that fails (out of memory,
+a sparse kernel refusing a shape, unreadable files) is reported with its error; the others are
+still measured.
 """
 from __future__ import annotations
 
@@ -189,7 +191,8 @@ def measure(spec: ModelSpec, args: argparse.Namespace) -> Row:
     if device.type == "cuda":
         memory = torch.cuda.max_memory_allocated(device)
     else:
-        memory = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}  # a tied embedding once
+        memory = sum(t.numel() * t.element_size() for t in tensors.values())
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -252,19 +255,29 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> List[Row]:
     args = parse_args(argv)
-    rows = []
+    rows, failures = [], {}
     for text in args.models:
         spec = ModelSpec.parse(text)
         print(f"measuring {spec.label} ({spec.spec}) ...", file=sys.stderr, flush=True)
-        rows.append(measure(spec, args))
-    add_speedups(rows)
-    for row in rows:
-        line = json.dumps(asdict(row))
+        try:
+            rows.append(measure(spec, args))
+        except (RuntimeError, ValueError, NotImplementedError, OSError) as exc:  # OOM, a kernel refusing a shape, bad files
+            failures[spec.label] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"{spec.label} failed: {failures[spec.label]}", file=sys.stderr, flush=True)
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    if rows:
+        add_speedups(rows)
+    records = [asdict(row) for row in rows] + [{"model": label, "error": error} for label, error in failures.items()]
+    for record in records:
+        line = json.dumps(record)
         print(line, flush=True)
         if args.out:
             with args.out.open("a") as handle:
                 handle.write(line + "\n")
-    table = markdown(rows)
+    if not rows:
+        raise SystemExit(f"error: no model could be measured ({'; '.join(failures.values())})")
+    table = markdown(rows) + "".join(f"\n{label}: failed ({error})" for label, error in failures.items())
     print(table, file=sys.stderr)
     if args.markdown:
         args.markdown.write_text(table + "\n")

@@ -34,6 +34,7 @@ def test_exports_and_shapes_are_timed_and_compared_to_the_first(bench, tmp_path)
     assert [r.model for r in rows] == ["source", "per_layer", "tiny-target", "tiny-source:2:4"]
     assert rows[0].parameters == sum(p.numel() for p in uniform.parameters())
     assert rows[1].parameters == sum(p.numel() for p in per_layer.parameters())
+    assert math.isclose(rows[0].memory_gb, 4 * rows[0].parameters / 1e9, rel_tol=0.01)  # fp32 weights (+ RoPE buffer)
     for row in rows:
         assert row.prefill_tokens_per_s > 0 and row.decode_tokens_per_s > 0 and row.memory_gb > 0
         assert math.isclose(row.decode_tokens_per_s, 1000 / row.decode_ms_per_step)  # batch 1
@@ -73,3 +74,17 @@ def test_semi_structured_two_four_generates_on_gpu(bench):
                        "--semi-structured", "--prompt-len", "64", "--new-tokens", "8", "--repeats", "2"])
     assert [r.semi_structured for r in rows] == [False, True]
     assert all(r.decode_tokens_per_s > 0 for r in rows)
+
+
+def test_a_failing_model_is_reported_and_the_others_still_measured(bench, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    out, table = tmp_path / "rows.jsonl", tmp_path / "table.md"
+    rows = bench.main([str(broken), "shape:tiny-target", *SMALL, "--out", str(out), "--markdown", str(table)])
+    assert [r.model for r in rows] == ["tiny-target"] and rows[0].decode_speedup == 1.0
+    failure = json.loads(out.read_text().splitlines()[-1])
+    assert failure["model"] == "broken" and failure["error"].startswith("OSError: ") and "not a valid JSON" in failure["error"]
+    assert table.read_text().rstrip().splitlines()[-1].startswith("broken: failed (OSError: ")
+    with pytest.raises(SystemExit, match="no model could be measured"):
+        bench.main([str(broken), *SMALL])
