@@ -26,7 +26,8 @@ SMOKE=${GPU_CHECK_SMOKE:-0}
 PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 
-say() { echo "[$(date -u +%H:%M:%S)] $*"; }
+# shellcheck source=benchmarks/gpu/env.sh
+source benchmarks/gpu/env.sh
 
 # the seconds a stage may take: its own limit, or what is left before the deadline (minus 10 s to write up)
 budget() {
@@ -49,17 +50,7 @@ stage() {  # stage NAME LIMIT LOG COMMAND...: run COMMAND under its budget, its 
     echo "$name: rc=$rc seconds=$(( SECONDS - start ))" >> "$OUT/stages.txt"
 }
 
-WHEELS=${GPU_CHECK_WHEELS:-.whl}  # "none": use the Python environment as it is
-SITE=${GPU_CHECK_SITE:-/tmp/site}
-if [[ "$WHEELS" != none ]]; then
-    [[ -d "$WHEELS" ]] || { say "no wheels at $WHEELS: run benchmarks/gpu/fetch_wheels.sh and carry .whl"; exit 1; }
-    say "installing the carried wheels into $SITE"
-    rm -rf "$SITE"
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl \
-        || { say "wheel install failed"; exit 1; }
-    export PYTHONPATH=$SITE:${PYTHONPATH:-}
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-}
+install_carried_wheels || exit 1
 if [[ ! -f .cache/test_corpus/manifest.json ]]; then
     say "note: .cache/test_corpus is not here (carry it): the corpus-based gpu tests will fail to build it offline"
 fi
