@@ -100,7 +100,7 @@ def load_model(spec: ModelSpec, dtype: torch.dtype, device: torch.device):
         from llmshearing.model import LlamaConfig
 
         with torch.device(device):
-            model = AutoModelForCausalLM.from_config(LlamaConfig(**SHAPES[name]).to_hf(), torch_dtype=dtype)
+            model = AutoModelForCausalLM.from_config(LlamaConfig(**SHAPES[name]).to_hf(), dtype=dtype)
         if spec.spec.endswith(TWO_FOUR_SUFFIX):
             make_two_four(model)
         return model.eval()
@@ -112,9 +112,9 @@ def load_model(spec: ModelSpec, dtype: torch.dtype, device: torch.device):
     if not path.exists():
         raise SystemExit(f"error: no model at {path} (an HF dir, a .gguf file, smollm2 or shape:NAME)")
     if path.suffix == ".gguf":
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, torch_dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     else:
-        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype, trust_remote_code=True)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=True)
     return model.to(device).eval()
 
 
