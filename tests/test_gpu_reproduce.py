@@ -1,7 +1,7 @@
 """benchmarks/gpu/pack_reproduction.sh + reproduce.sh on the CPU: the real SmolLM2 GGUF and the sample
 corpus packed into parts smaller than a device call carries, joined and checked, then the reproduction
 run from what was unpacked (the source row only, on the CPU); a missing or damaged part stops it
-with the fix named."""
+with the fix named, a spent time budget before the run starts."""
 from __future__ import annotations
 
 import json
@@ -47,6 +47,9 @@ def test_pack_join_and_reproduce_the_source_row(tmp_path, sample_corpus):
     row = json.loads((tmp_path / "out" / "rows" / "source.json").read_text())
     assert row["eval"]["all"]["loss"] > 0 and set(row["eval"]["domains"]) == set(json.loads((sample_corpus / "manifest.json").read_text())["domains"])
     assert "source model (no training)" in (tmp_path / "out" / "results.md").read_text()
+
+    spent = script("reproduce.sh", tmp_path, **run, GPU_REPRO_SECONDS="20")  # the payload is unpacked already
+    assert spent.returncode == 124 and "no time left for the reproduction" in spent.stdout
 
     piece = next((tmp_path / "carry" / "part1").glob("payload.tar.*"))
     data = bytearray(piece.read_bytes())

@@ -6,10 +6,10 @@
 #     bash benchmarks/gpu/reproduce.sh                # results in $OUT (or gpu_out/)
 #
 # It joins the parts, checks the payload's sha256, unpacks it into .cache/gpu_payload, installs the
-# wheels (benchmarks/gpu/env.sh) and runs reproduce.py with --resume into .cache/gpu_repro, under
-# GPU_REPRO_SECONDS (540). Rows finished in an earlier call on this machine are kept; rows from another
-# machine are picked up from .cache/gpu_repro/rows/ (carry it). $OUT gets results.md, results.json,
-# eval_loss_vs_tokens.png, rows/ and the logs' tails, also when the time ran out.
+# wheels (benchmarks/gpu/env.sh) and runs reproduce.py with --resume into .cache/gpu_repro, all of it
+# within GPU_REPRO_SECONDS (540). Rows finished in an earlier call on this machine are kept; rows from
+# another machine are picked up from .cache/gpu_repro/rows/ (carry it). $OUT gets results.md,
+# results.json, eval_loss_vs_tokens.png, rows/ and the logs' tails, also when the time ran out.
 #
 # GPU_REPRO_TOKENS (2,000,000 training tokens a row), GPU_REPRO_BATCH (32 sequences a step),
 # GPU_REPRO_SEQ_LEN (512), GPU_REPRO_ROWS (default all), GPU_REPRO_DEVICE (gpu), GPU_REPRO_EXTRA (more
@@ -23,6 +23,7 @@ PYTHON=${PYTHON:-python3}
 CARRY=${GPU_CARRY:-.cache/gpu_carry}
 PAYLOAD=${GPU_REPRO_PAYLOAD:-.cache/gpu_payload}
 REPRO=${GPU_REPRO_OUT:-.cache/gpu_repro}
+DEADLINE=$(( $(date +%s) + ${GPU_REPRO_SECONDS:-540} ))  # joining, unpacking and installing count too
 export PYTHONUNBUFFERED=1
 # shellcheck source=benchmarks/gpu/env.sh
 source benchmarks/gpu/env.sh
@@ -61,8 +62,10 @@ fi
 
 read -r -a rows <<< "${GPU_REPRO_ROWS:-}"
 read -r -a extra <<< "${GPU_REPRO_EXTRA:-}"
-say "reproduction into $REPRO (resuming finished rows)"
-timeout --kill-after=10 "${GPU_REPRO_SECONDS:-540}" "$PYTHON" benchmarks/reproduce.py --resume --in-process \
+left=$(( DEADLINE - $(date +%s) - 15 ))  # 15 s to copy the results out
+(( left > 30 )) || { say "error: no time left for the reproduction (GPU_REPRO_SECONDS)"; exit 124; }
+say "reproduction into $REPRO (resuming finished rows), at most ${left}s"
+timeout --kill-after=10 "$left" "$PYTHON" benchmarks/reproduce.py --resume --in-process \
     --source "$PAYLOAD/source.gguf" --data "$PAYLOAD/corpus" --out "$REPRO" --device "${GPU_REPRO_DEVICE:-gpu}" \
     --budget-tokens "${GPU_REPRO_TOKENS:-2000000}" --batch "${GPU_REPRO_BATCH:-32}" --seq-len "${GPU_REPRO_SEQ_LEN:-512}" \
     --prune-fraction 0.5 --calib-samples 256 --final-max-tokens 16384 --evals-per-stage 4 \
