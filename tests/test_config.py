@@ -5,7 +5,8 @@ from llmshearing.errors import ConfigError, ShapeError
 from llmshearing.model import LlamaConfig
 from llmshearing.shape import TargetShape
 
-YAMLS = ["yamls/prune_2.7b.yaml", "yamls/prune_1.3b.yaml", "yamls/demo_smollm2_prune.yaml", "yamls/tiny_prune.yaml"]
+YAMLS = ["yamls/prune_2.7b.yaml", "yamls/prune_1.3b.yaml", "yamls/prune_llama3.1_8b_to_4b.yaml",
+         "yamls/demo_smollm2_prune.yaml", "yamls/tiny_prune.yaml"]
 
 
 @pytest.mark.parametrize("path", YAMLS)
@@ -22,6 +23,21 @@ def test_paper_yamls_keep_paper_hyperparameters():
                                       num_hidden_layers=32, intermediate_size=6912)
     small = load_config("yamls/prune_1.3b.yaml")
     assert small.pruning.target["num_hidden_layers"] == 24 and small.pruning.target["intermediate_size"] == 5504
+
+
+def test_llama3_yaml_prunes_a_gqa_source_to_the_minitron_4b_width_shape():
+    from llmshearing.shape import config_parameters
+
+    llama31_8b = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                             num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=500000.0,
+                             tie_word_embeddings=False)
+    cfg = load_config("yamls/prune_llama3.1_8b_to_4b.yaml")
+    target = TargetShape.from_mapping(cfg.pruning.target, llama31_8b)
+    target.validate_against(llama31_8b)
+    assert target.to_dict() == dict(hidden_size=3072, num_attention_heads=32, num_key_value_heads=8,
+                                    num_hidden_layers=32, intermediate_size=9216)  # Llama-3.1-Minitron-4B-Width
+    assert round(config_parameters(target.config_for(llama31_8b)) / 1e9, 2) == 4.51
+    assert cfg.dynamic_loading.reference_losses_file and cfg.max_duration == "3200ba"
 
 
 def test_dot_list_overrides_apply():
