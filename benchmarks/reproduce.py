@@ -79,6 +79,7 @@ class Settings:
     surgeon_shots: int
     seed: int
     device: str = "cpu"  # cpu | gpu: where every stage runs (gpu: bf16 autocast in training)
+    eta: float = 1.0  # dynamic loading's step size (the paper's 1.0)
 
     @property
     def tokens_per_step(self) -> int:
@@ -223,7 +224,7 @@ class Stages:
 
     def dynamic(self, mode: str, steps: int) -> List[str]:
         return [f"dynamic_loading.mode={mode}", f"dynamic_loading.reference_losses_file={self.reference_losses()}",
-                f"dynamic_loading.update_interval={max(1, steps // 8)}",
+                f"dynamic_loading.update_interval={max(1, steps // 8)}", f"dynamic_loading.eta={self.s.eta}",
                 "dynamic_loading.loss_source=train"]  # the training batches' own losses: no extra forward passes
 
     def recovery(self, lr: float, steps: int) -> List[str]:
@@ -361,7 +362,7 @@ def table(rows: Dict[str, dict], s: Settings, header: dict) -> str:
     reference = rows.get("source")
     lines = [
         f"Budget: {s.budget_tokens:,} training tokens per row ({s.total_steps} steps of {s.batch} x {s.seq_len}; "
-        f"Sheared: {s.prune_steps} pruning + {s.total_steps - s.prune_steps} CPT steps). "
+        f"Sheared: {s.prune_steps} pruning + {s.total_steps - s.prune_steps} CPT steps; dynamic loading η = {s.eta:g}). "
         f"Machine: {header['machine']}. Date: {header['date']}. Source: {s.source}.",
         "",
         "| row | shape (d/heads/kv/layers/ff) | params | train tokens | calib tokens | "
@@ -458,6 +459,7 @@ def parse_args(argv=None) -> Tuple[Settings, argparse.Namespace]:
     parser.add_argument("--lr", type=float, default=2e-4, help="peak lr of every recovery run (CPT, KD)")
     parser.add_argument("--scratch-lr", type=float, default=1e-3, help="peak lr of the from-scratch run")
     parser.add_argument("--seed", type=int, default=17)
+    parser.add_argument("--eta", type=float, default=1.0, help="dynamic loading's step size (default: the paper's 1.0)")
     parser.add_argument("--resume", action="store_true", help="keep rows already in OUT/rows/")
     parser.add_argument("--in-process", action="store_true", help="run the stages' mains in this process (faster start)")
     parser.add_argument("--device", choices=("cpu", "gpu"), help="where every stage runs (default: gpu when CUDA is there)")
@@ -475,7 +477,7 @@ def parse_args(argv=None) -> Tuple[Settings, argparse.Namespace]:
         budget_tokens=args.budget_tokens, seq_len=args.seq_len, batch=args.batch, prune_fraction=args.prune_fraction,
         target=parse_target(args.target), calib_samples=args.calib_samples, curve_eval_batches=args.curve_eval_batches,
         evals_per_stage=args.evals_per_stage, final_max_tokens=args.final_max_tokens, lr=args.lr,
-        scratch_lr=args.scratch_lr, surgeon_shots=args.surgeon_shots, seed=args.seed, device=device)
+        scratch_lr=args.scratch_lr, surgeon_shots=args.surgeon_shots, seed=args.seed, device=device, eta=args.eta)
     return settings, args
 
 
