@@ -52,7 +52,7 @@ def test_every_row_at_a_tiny_budget(sample_corpus, tmp_path):
     code = reproduce.main([
         "--in-process", "--budget-tokens", "512", "--out", str(out), "--source", str(source), "--data", str(sample_corpus),
         "--seq-len", "32", "--batch", "2", "--calib-samples", "8", "--evals-per-stage", "2", "--final-max-tokens", "64",
-        "--target", TARGET])
+        "--target", TARGET, "--eta", "0.5"])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert not results["failures"] and set(results["rows"]) == {
@@ -65,6 +65,9 @@ def test_every_row_at_a_tiny_budget(sample_corpus, tmp_path):
         assert set(row["eval"]["domains"]) == {"prose", "encyclopedia", "code", "technical", "mail"}
     table = (out / "results.md").read_text()
     assert table.startswith("Budget: 512 training tokens per row") and "Machine:" in table and "Date:" in table
+    assert "dynamic loading η = 0.5" in table.splitlines()[0]
+    for stage in ("sheared_dynamic_prune", "sheared_dynamic_cpt", "surgeon_cpt"):  # the step size reaches the runs
+        assert "dynamic_loading.eta=0.5" in (out / "logs" / f"{stage}.train.log").read_text().splitlines()[0]
     body = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| row")]
     assert [line.split(" | ")[0] for line in body] == [f"| {reproduce.ROW_TITLES[r]}" for r in reproduce.ROWS]
     assert (out / "eval_loss_vs_tokens.png").stat().st_size > 10_000
