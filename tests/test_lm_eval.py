@@ -29,10 +29,11 @@ def offline_env(tmp_path: Path) -> dict:
     return env
 
 
-def run_lm_eval(model_dir: Path, tmp_path: Path, limit: int = 0) -> dict:
+def run_lm_eval(model_dir: Path, tmp_path: Path, limit: int = 0, model_args: str = "") -> dict:
     out = tmp_path / "lm_eval_out"
     command = [sys.executable, "-m", "lm_eval", "--model", "hf",
-               "--model_args", f"pretrained={model_dir},dtype=float32", "--include_path", str(TASKS),
+               "--model_args", f"pretrained={model_dir},dtype=float32" + (f",{model_args}" if model_args else ""),
+               "--include_path", str(TASKS),
                "--tasks", "corpus_lastword", "--device", "cpu", "--batch_size", "8", "--output_path", str(out)]
     command += ["--limit", str(limit)] if limit else []
     result = subprocess.run(command, capture_output=True, text=True, env=offline_env(tmp_path), cwd=tmp_path, timeout=600)
@@ -49,6 +50,20 @@ def test_tiny_exported_model_runs_offline(tmp_path):
                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=True)
     model_dir = export_hf(LlamaForCausalLM(config), tmp_path / "tiny", tokenizer=load_tokenizer())
     scores = run_lm_eval(model_dir, tmp_path)
+    assert 0.0 <= scores["acc,none"] <= 1.0
+    assert math.isfinite(scores["perplexity,none"]) and scores["perplexity,none"] > 1000  # random weights
+
+
+def test_per_layer_export_runs_with_trust_remote_code(tmp_path):
+    """README: a model with per-layer sizes (LLM Surgeon's default export) needs trust_remote_code=True."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=True,
+                         intermediate_sizes=[40, 64], num_attention_heads_per_layer=[4, 2],
+                         num_key_value_heads_per_layer=[2, 2])
+    model_dir = export_hf(LlamaForCausalLM(config), tmp_path / "per_layer", tokenizer=load_tokenizer())
+    assert (model_dir / "modeling_llmshearing_llama.py").is_file()
+    scores = run_lm_eval(model_dir, tmp_path, limit=8, model_args="trust_remote_code=True")
     assert 0.0 <= scores["acc,none"] <= 1.0
     assert math.isfinite(scores["perplexity,none"]) and scores["perplexity,none"] > 1000  # random weights
 
