@@ -53,7 +53,9 @@ class TargetShape:
         return self.num_attention_heads // self.num_key_value_heads
 
     def validate_against(self, source: LlamaConfig) -> None:
-        """Raise ShapeError with a one-line reason if this shape cannot be cut out of ``source``."""
+        """Raise ShapeError with a one-line reason if this shape cannot be cut out of ``source``
+        (ConfigError if ``source`` has per-layer sizes: a target shape is cut from a uniform model)."""
+        source.require_uniform("pruning to a target shape")
         for key in SHAPE_KEYS:
             value, limit = getattr(self, key), getattr(source, key)
             if value < 1:

@@ -103,6 +103,18 @@ def test_soft_values_and_clamp():
 
 # ---- structures, selection, plan --------------------------------------------------------------
 
+def test_a_source_with_per_layer_sizes_is_refused():
+    from llmshearing.errors import ConfigError
+
+    source = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=8, intermediate_sizes=[64, 30])
+    target = TargetShape(hidden_size=16, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=2,
+                         intermediate_size=20)
+    with pytest.raises(ConfigError, match=r"pruning to a target shape needs the same sizes in every layer; .*"
+                                          r"\(intermediate_sizes 30-64\)"):
+        L0Module(source, target)
+
+
 def test_structures_created_only_where_target_shrinks():
     assert L0Module(gqa_config(), GQA_ALL_PRUNED).structures == ("layer", "kv_group", "head", "intermediate", "hidden")
     assert L0Module(gqa_config(), CASES["gqa-groups-only"][1]).structures == ("kv_group", "hidden")

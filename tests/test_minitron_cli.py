@@ -149,3 +149,18 @@ def test_importance_file_of_another_model_is_rejected(source, sample_corpus, tmp
 def test_budget_above_the_source_is_a_shape_error():
     with pytest.raises(ShapeError, match="not below the source"):
         candidate_shapes(CONFIG, config_parameters(CONFIG) + 1)
+
+
+@pytest.mark.parametrize("mode", [("--target", TARGET), ("--search", "--param-budget", "3M")])
+def test_a_per_layer_source_is_refused_with_the_way_out(sample_corpus, tmp_path, capsys, mode):
+    """LLM Surgeon's default export (per-layer sizes) cannot be pruned to a uniform shape again."""
+    torch.manual_seed(0)
+    per_layer = LlamaConfig(**{**CONFIG.to_dict(), "intermediate_sizes": [64, 20, 40, 64],
+                               "num_attention_heads_per_layer": [6, 2, 4, 6]})
+    folder = tmp_path / "per_layer"
+    export_hf(LlamaForCausalLM(per_layer), folder)
+    save_tiny_tokenizer(folder, CONFIG.vocab_size)
+    code, _, err = prune(capsys, "--model", folder, "--data", sample_corpus, "--out", tmp_path / "out", *mode, *FAST)
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert err.count("\n") == 1 and "per-layer sizes (intermediate_sizes 20-64, num_attention_heads_per_layer 2-6)" in err
+    assert "export LLM Surgeon's result with --uniform" in err

@@ -61,6 +61,7 @@ def _spread(shapes: List[TargetShape], limit: int) -> List[TargetShape]:
 
 
 def candidate_shapes(source: LlamaConfig, budget: int, tolerance: float = 0.05, limit: int = 8) -> List[TargetShape]:
+    source.require_uniform("the Minitron architecture search")
     if not 0 <= tolerance < 1:
         raise ShapeError(f"budget tolerance must be in [0, 1), got {tolerance}")
     if limit < 1:

@@ -39,6 +39,7 @@ def estimate_importance(
     sequence: str = "mean",
     batch: str = "l2",
 ) -> Importance:
+    model.config.require_uniform("Minitron importance scoring")
     check_aggregation(sequence, "sequence")
     check_aggregation(batch, "batch")
     if depth_metric not in DEPTH_METRICS:

@@ -95,7 +95,10 @@ class LlamaConfig:
 
     def require_uniform(self, what: str) -> None:
         if not self.is_uniform:
-            raise ConfigError(f"{what} needs the same sizes in every layer; this model has per-layer sizes")
+            sizes = ", ".join(f"{name} {min(values)}-{max(values)}" for name, values in
+                              ((n, getattr(self, n)) for n in PER_LAYER_FIELDS) if values)
+            raise ConfigError(f"{what} needs the same sizes in every layer; this model has per-layer sizes ({sizes}): "
+                              "prune the original model, or export LLM Surgeon's result with --uniform")
 
     @property
     def query_groups(self) -> int:
