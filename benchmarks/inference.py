@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from llmshearing.devices import default_torch_device  # noqa: E402
+from llmshearing.devices import add_device_argument  # noqa: E402
 from shapes import SHAPES  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -238,7 +238,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default=default_torch_device())
+    add_device_argument(parser)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     parser.add_argument("--semi-structured", action="store_true",
                         help="CUDA, fp16/bf16: 2:4 models as semi-structured sparse tensors")

@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from llmshearing.devices import default_torch_device  # noqa: E402
+from llmshearing.devices import add_device_argument  # noqa: E402
 from llmshearing.model import LlamaConfig  # noqa: E402
 from llmshearing.model.composer_model import ComposerLlama  # noqa: E402
 from llmshearing.model.llama import DecoderLayer  # noqa: E402
@@ -232,7 +232,7 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--no-fsdp", dest="fsdp", action="store_false", help="plain model in --dtype instead of FSDP2")
-    parser.add_argument("--device", default=default_torch_device())
+    add_device_argument(parser)
     parser.add_argument("--peak-tflops", type=float, help="peak dense FLOP/s of the device, in TFLOP/s")
     parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     return parser.parse_args(argv)

@@ -20,7 +20,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from llmshearing.devices import default_torch_device
+from llmshearing.devices import add_device_argument
 from llmshearing.errors import ConfigError, LLMShearingError
 
 EXIT_BAD_INPUT = 2
@@ -79,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--batches", type=int, default=8, help="eval batches per domain (default 8)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, help="default: the corpus's sample length")
-    parser.add_argument("--device", default=default_torch_device(), help="default: cuda when there is a GPU, else cpu")
+    add_device_argument(parser)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     args = parser.parse_args(argv)
     try:

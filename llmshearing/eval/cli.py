@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from llmshearing.devices import default_torch_device
+from llmshearing.devices import add_device_argument
 from llmshearing.errors import LLMShearingError
 
 EXIT_BAD_INPUT = 2
@@ -37,7 +37,7 @@ def parse_args(argv):
     parser.add_argument("--domains", nargs="+", help="default: every domain of the corpus")
     parser.add_argument("--seq-len", type=int, help="default: the corpus's sample length")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default=default_torch_device(), help="default: cuda when there is a GPU, else cpu")
+    add_device_argument(parser)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     return parser.parse_args(argv)
 

@@ -11,7 +11,7 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-from llmshearing.devices import default_torch_device
+from llmshearing.devices import add_device_argument
 from llmshearing.errors import LLMShearingError, ShapeError
 
 METHODS = {
@@ -43,7 +43,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, default=None, help="calibration sequence length (default: corpus's)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=default_torch_device(), help="default: cuda when there is a GPU, else cpu")
+    add_device_argument(parser)
     parser.add_argument("--tokenizer", default=None, help="tokenizer to save with the output (default: the source's)")
 
 
