@@ -35,12 +35,11 @@ def mask_convergence(l0, selection=None) -> List[StructureConvergence]:
     ``l0.selection()`` when the caller has it already."""
     selection = (selection or l0.selection()).to("cpu")
     open_gate = {name: p.cpu() > 0.5 for name, p in l0.keep_probabilities().items()}
-    kept_group_heads = selection.kv_keep.repeat_interleave(l0.source.query_groups, dim=1)
     cut = {
         "layer": ~selection.layer_keep,
         "kv_group": ~selection.kv_keep,
         # query heads of kept KV groups; a removed group's heads are counted under kv_group
-        "head": ~selection.head_keep & kept_group_heads,
+        "head": ~selection.head_keep & l0.expand_groups(selection.kv_keep),
         "intermediate": ~selection.neuron_keep,
         "hidden": ~selection.hidden_keep,
     }

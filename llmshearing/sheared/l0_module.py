@@ -153,7 +153,7 @@ class L0Module(nn.Module):
             for name, shape in self.gate_shapes.items()
         }
 
-    def _expand_groups(self, per_group: torch.Tensor) -> torch.Tensor:
+    def expand_groups(self, per_group: torch.Tensor) -> torch.Tensor:
         """[L, n_kv] -> [L, n_heads]: query head h belongs to KV group h // query_groups."""
         return per_group.repeat_interleave(self.source.query_groups, dim=1)
 
@@ -179,7 +179,7 @@ class L0Module(nn.Module):
         masks = {
             "layer_z": z["layer"],
             "head_layer_z": z["head_layer"],
-            "head_z": z["head"] * self._expand_groups(z["kv_group"]),
+            "head_z": z["head"] * self.expand_groups(z["kv_group"]),
             "mlp_z": z["mlp"],
             "intermediate_z": z["intermediate"],
             "hidden_z": z["hidden"],
@@ -215,10 +215,10 @@ class L0Module(nn.Module):
         return _Selection(
             layer_keep=_top_k(log_alpha["layer"], target.num_hidden_layers),
             kv_keep=kv_keep,
-            head_keep=head_in_group & self._expand_groups(kv_keep),
+            head_keep=head_in_group & self.expand_groups(kv_keep),
             neuron_keep=_top_k(log_alpha["intermediate"], target.intermediate_size),
             hidden_keep=_top_k(log_alpha["hidden"], target.hidden_size),
-            head_value=soft["head"] * self._expand_groups(soft["kv_group"]),
+            head_value=soft["head"] * self.expand_groups(soft["kv_group"]),
             neuron_value=soft["intermediate"],
             hidden_value=soft["hidden"],
             attn_value=soft["layer"] * soft["head_layer"],
@@ -261,7 +261,7 @@ class L0Module(nn.Module):
     # ---- expected sizes -------------------------------------------------------------------------
     def _expected_query_heads(self, scores: Dict[str, torch.Tensor]) -> torch.Tensor:
         """[L] expected query heads per layer: a head counts only if its KV group is kept too."""
-        return (scores["head"] * self._expand_groups(scores["kv_group"])).sum(1)
+        return (scores["head"] * self.expand_groups(scores["kv_group"])).sum(1)
 
     def expected_sizes(self) -> Dict[str, torch.Tensor]:
         """Differentiable expected fraction of the source kept, per pruned structure."""
