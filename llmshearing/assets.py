@@ -24,6 +24,10 @@ _GGUF_SPECIAL_TOKEN_KEYS = {
     "tokenizer.ggml.unknown_token_id": "unk_token",
     "tokenizer.ggml.padding_token_id": "pad_token",
 }
+_GGUF_ADD_TOKEN_KEYS = {
+    "tokenizer.ggml.add_bos_token": "add_bos_token",
+    "tokenizer.ggml.add_eos_token": "add_eos_token",
+}
 
 
 class AssetError(LLMShearingError):
@@ -92,6 +96,11 @@ def _apply_gguf_special_tokens(tokenizer, gguf_path: Path) -> None:
         if key in fields:
             token_id = int(fields[key].contents())
             setattr(tokenizer, attribute, tokenizer.convert_ids_to_tokens(token_id))
+    # transformers' GGUF conversion makes a LLaMA-style tokenizer add BOS even where the file says it
+    # does not (SmolLM2: add_bos_token False), which would start every document with <|im_start|>
+    for key, attribute in _GGUF_ADD_TOKEN_KEYS.items():
+        if key in fields and hasattr(tokenizer, attribute):
+            setattr(tokenizer, attribute, bool(fields[key].contents()))
 
 
 def save_tokenizer(tokenizer, folder) -> None:

@@ -27,8 +27,9 @@ MIXTURE_TOLERANCE = 0.02
 
 
 def stored_samples(corpus: Path, domain: str, split: str) -> np.ndarray:
+    """The split's samples as int32 rows (the loaders' ids cast back), whatever the stored dtype."""
     dataset = LocalDataset(local=str(corpus / domain / split))
-    return np.stack([dataset[index]["tokens"] for index in range(len(dataset))])
+    return np.stack([dataset[index]["tokens"] for index in range(len(dataset))]).astype(np.int32)
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +60,16 @@ def test_manifest_describes_at_least_five_domains_with_both_splits(manifest):
         assert info["train"]["samples"] > 0 and info["eval"]["samples"] > 0
         assert info["train"]["tokens"] == info["train"]["samples"] * manifest["seq_len"]
         assert all(source["name"] and source["version"] and source["license"]
-                   for source in info["sources"])
+                   for source in info["inputs"])
 
 
-def test_samples_are_int32_rows_of_seq_len_within_vocab(sample_corpus, manifest):
+def test_samples_are_uint16_rows_of_seq_len_within_vocab(sample_corpus, manifest):
+    assert manifest["token_dtype"] == "uint16" and manifest["vocab_size"] <= 1 << 16
     for domain in manifest["domains"]:
         for split in ("train", "eval"):
+            stored = LocalDataset(local=str(sample_corpus / domain / split))[0]["tokens"]
+            assert stored.dtype == np.uint16
             samples = stored_samples(sample_corpus, domain, split)
-            assert samples.dtype == np.int32
             assert samples.shape == (manifest["per_domain"][domain][split]["samples"],
                                      manifest["seq_len"])
             assert samples.min() >= 0 and samples.max() < manifest["vocab_size"]
@@ -156,7 +159,7 @@ def test_missing_corpus_or_manifest_is_reported(tmp_path):
 
 def test_missing_shard_file_is_reported(corpus_copy, manifest):
     domain = manifest["domains"][0]
-    shard = sorted((corpus_copy / domain / "train").glob("*.mds"))[0]
+    shard = sorted((corpus_copy / domain / "train").rglob("*.mds"))[0]
     shard.unlink()
     with pytest.raises(CorpusError, match=f"missing shard file {shard}"):
         domain_split_dir(corpus_copy, domain, "train")
@@ -166,7 +169,7 @@ def test_missing_shard_file_is_reported(corpus_copy, manifest):
 
 def test_truncated_shard_and_corrupt_index_are_reported(corpus_copy, manifest):
     domain = manifest["domains"][1]
-    shard = sorted((corpus_copy / domain / "eval").glob("*.mds"))[0]
+    shard = sorted((corpus_copy / domain / "eval").rglob("*.mds"))[0]
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(CorpusError, match="index.json says"):
         domain_split_dir(corpus_copy, domain, "eval")
@@ -213,7 +216,11 @@ def test_seq_len_longer_than_stored_samples_is_rejected(sample_corpus, manifest)
 class CharTokenizer:
     """One token per character; just what corpus_builder needs from a tokenizer."""
 
+    eos_token_id, eos_token = 0, "<|endoftext|>"
+
     def __call__(self, texts, add_special_tokens=False):
+        if isinstance(texts, str):
+            return {"input_ids": self([texts])["input_ids"][0]}
         return {"input_ids": [[1 + ord(char) % 200 for char in text] for text in texts]}
 
     def get_vocab(self):

@@ -210,12 +210,12 @@ def test_a_remote_corpus_is_mirrored_and_its_train_shards_streamed_on_demand(sam
     mirror_corpus(remote, cache)
     first = cache / domains[0]
     assert (cache / "manifest.json").is_file() and (first / "train" / "index.json").is_file()
-    assert {p.name for p in (first / "eval").glob("*.mds")} == {p.name for p in (sample_corpus / domains[0] / "eval").glob("*.mds")}
-    assert not list(first.glob("train/*.mds"))
+    assert {p.name for p in (first / "eval").rglob("*.mds")} == {p.name for p in (sample_corpus / domains[0] / "eval").rglob("*.mds")}
+    assert not list(first.glob("train/**/*.mds"))
     local = list(itertools.islice(loader(sample_corpus, domains), 4))
     streamed = list(itertools.islice(loader(cache, domains, remote=remote), 4))
     assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(local, streamed))
-    assert list(first.glob("train/*.mds"))
+    assert list(first.glob("train/**/*.mds"))
     assert next(iter(build_train_dataloader(cache, domains, None, 4, SEQ_LEN, 0, remote=remote)))["input_ids"].shape == (4, SEQ_LEN)
     with pytest.raises(CorpusError, match=f"cannot fetch {tmp_path / 'nowhere'}/manifest.json"):
         mirror_corpus(str(tmp_path / "nowhere"), tmp_path / "other")
@@ -301,7 +301,7 @@ def test_missing_shard_is_named(sample_corpus, domains, tmp_path):
     import shutil
 
     corpus = Path(shutil.copytree(sample_corpus, tmp_path / "corpus"))
-    shard = sorted((corpus / domains[3] / "train").glob("*.mds"))[0]
+    shard = sorted((corpus / domains[3] / "train").rglob("*.mds"))[0]
     shard.unlink()
     with pytest.raises(CorpusError, match=f"missing shard file {shard}"):
         loader(corpus, domains)

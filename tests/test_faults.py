@@ -153,7 +153,7 @@ def corpus_copy(sample_corpus, tmp_path) -> Path:
 
 
 def _first_train_shard(corpus: Path, domain: str = "prose") -> Path:
-    return sorted((corpus / domain / "train").glob("*.mds"))[0]
+    return sorted((corpus / domain / "train").rglob("*.mds"))[0]
 
 
 def test_a_shard_with_a_corrupt_header_is_named_before_training(corpus_copy, capsys):
@@ -184,7 +184,7 @@ def _rewrite_split(split: Path, change) -> Path:
     with MDSWriter(out=str(split), columns={"tokens": "ndarray:int32"}) as writer:
         for tokens in samples:
             writer.write({"tokens": tokens})
-    return sorted(split.glob("*.mds"))[0]
+    return sorted(split.rglob("*.mds"))[0]
 
 
 def _out_of_vocabulary(tokens):

@@ -55,10 +55,19 @@ def normalize_proportions(domains: Sequence[str],
 
 def to_model_input(sample: dict[str, Any], seq_len: int, vocab_size: int | None = None) -> dict[str, torch.Tensor]:
     """The first ``seq_len`` tokens; ids outside the corpus's vocabulary are refused here, on the
-    CPU, where the error can name the data (in the embedding they fail as an index or CUDA assert)."""
-    tokens = sample["tokens"]
+    CPU, where the error can name the data (in the embedding they fail as an index or CUDA assert).
+    The stored ids may be any integer dtype (uint16, uint32, int32, int64: see docs/CORPUS_FORMAT.md)."""
+    tokens = sample.get("tokens")
+    if tokens is None:  # local splits are checked before (validate_mds_dir); remote ones are read as they come
+        raise CorpusError(f"the sample has no 'tokens' column (its columns: {sorted(sample)}); "
+                          "see docs/CORPUS_FORMAT.md")
+    tokens = np.asarray(tokens)
+    if tokens.dtype.kind not in "iu":
+        raise CorpusError(f"the sample's tokens are {tokens.dtype}, not integer token ids; "
+                          "see docs/CORPUS_FORMAT.md")
     if len(tokens) < seq_len:
-        raise ConfigError(f"stored sample has {len(tokens)} tokens, fewer than seq_len={seq_len}")
+        raise CorpusError(f"the stored sample has {len(tokens)} tokens, fewer than seq_len={seq_len} (every "
+                          "sample must hold the manifest's seq_len tokens; see docs/CORPUS_FORMAT.md)")
     tokens = tokens[:seq_len].astype(np.int64)
     if vocab_size is not None and len(tokens) and (tokens.min() < 0 or tokens.max() >= vocab_size):
         bad = int(tokens.max()) if tokens.max() >= vocab_size else int(tokens.min())

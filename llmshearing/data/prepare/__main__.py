@@ -1,0 +1,5 @@
+import sys
+
+from llmshearing.data.prepare.cli import main
+
+sys.exit(main())
