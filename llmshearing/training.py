@@ -112,16 +112,27 @@ def build_optimizer(cfg: TrainConfig, model: ComposerLlama) -> torch.optim.Optim
     )
 
 
+TRAIN_SPLITS = ("train", "cpt")
+
+
+def check_train_split(split: str, manifest: dict, corpus: str) -> None:
+    if split not in TRAIN_SPLITS:
+        raise ConfigError(f"data.train_split must be one of {TRAIN_SPLITS}, got '{split}'")
+    if split != "train" and split not in manifest.get("splits", ["train", "eval"]):
+        raise ConfigError(f"corpus {corpus} has no '{split}' split; prepare it with "
+                          "python -m llmshearing.data.prepare --cpt-tokens N, or train on data.train_split=train")
+
+
 def build_data(cfg: TrainConfig, model: ComposerLlama):
     from llmshearing.data.corpus import load_manifest
     from llmshearing.data.loaders import build_eval_dataloaders, build_train_dataloader
 
     if not cfg.data.path:
-        raise ConfigError("data.path is not set: point it at a corpus built by data_prep/build_sample_corpus.py")
+        raise ConfigError("data.path is not set: point it at a corpus made by python -m llmshearing.data.prepare")
     if cfg.data.remote:
         from llmshearing.data.remote import mirror_corpus
 
-        mirror_corpus(cfg.data.remote, cfg.data.path, cfg.data.domains)
+        mirror_corpus(cfg.data.remote, cfg.data.path, cfg.data.domains, cfg.data.train_split)
     manifest = load_manifest(cfg.data.path)
     vocab = manifest.get("vocab_size")
     if vocab is not None and vocab > model.config.vocab_size:
@@ -129,6 +140,7 @@ def build_data(cfg: TrainConfig, model: ComposerLlama):
             f"the corpus was tokenized with a vocabulary of {vocab} tokens but the model has "
             f"{model.config.vocab_size}: use the model's own tokenizer"
         )
+    check_train_split(cfg.data.train_split, manifest, cfg.data.path)
     domains = cfg.data.domains or list(manifest["domains"])
     proportions = cfg.data.proportions or [1.0 / len(domains)] * len(domains)
     world = dist.get_world_size()
@@ -142,6 +154,7 @@ def build_data(cfg: TrainConfig, model: ComposerLlama):
         train = build_train_dataloader(
             cfg.data.path, domains, proportions, batch_size=cfg.global_train_batch_size // world,
             seq_len=cfg.data.seq_len, seed=cfg.seed, num_workers=cfg.data.num_workers, remote=cfg.data.remote,
+            split=cfg.data.train_split,
         )
     evals = build_eval_dataloaders(
         cfg.data.path, domains, batch_size=cfg.device_eval_batch_size, seq_len=cfg.data.seq_len,

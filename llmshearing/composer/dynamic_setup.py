@@ -60,7 +60,8 @@ def dynamic_train_loader(cfg: TrainConfig, domains: Sequence[str],
     return build_dynamic_train_dataloader(
         cfg.data.path, domains, proportions, cfg.global_train_batch_size, cfg.data.seq_len,
         cfg.seed, update_interval=interval, max_steps=max_steps(cfg),
-        num_workers=cfg.data.num_workers, max_repeats=section.max_repeats, remote=cfg.data.remote)
+        num_workers=cfg.data.num_workers, max_repeats=section.max_repeats, remote=cfg.data.remote,
+        split=cfg.data.train_split)
 
 
 def reference_losses(section: DynamicLoadingSection) -> Dict[str, float]:

@@ -21,6 +21,9 @@ class DataSection:
     domains: Optional[List[str]] = None  # default: every domain in the corpus manifest
     proportions: Optional[List[float]] = None  # static mixture; default: uniform
     seq_len: int = 4096
+    # the split trained on: train, or cpt (the second disjoint train split `prepare --cpt-tokens` writes,
+    # so continued pre-training sees other documents than pruning did)
+    train_split: str = "train"
     num_workers: int = 0
     eval_max_batches: Optional[int] = None  # per domain and evaluation; null = whole eval split
 

@@ -20,13 +20,13 @@ def build_dynamic_train_dataloader(data_dir: str | Path, domains: Sequence[str],
                                    seq_len: int, seed: int, *, update_interval: Optional[int],
                                    max_steps: int, num_workers: int = 0,
                                    max_repeats: Optional[int] = None,
-                                   remote: Optional[str] = None) -> DataLoader:
+                                   remote: Optional[str] = None, split: str = "train") -> DataLoader:
     """Loader of this rank's share of each global batch, mixed by weights that may change every
     ``update_interval`` steps (``None``: static) up to ``max_steps``; train shards are read from
     ``data_dir`` or, with ``remote``, streamed from there into ``data_dir``."""
     manifest = checked_manifest(data_dir, domains, seq_len)
     weights = normalize_proportions(domains, proportions)
-    streams = [train_stream(data_dir, domain, remote) for domain in domains]
+    streams = [train_stream(data_dir, domain, remote, split) for domain in domains]
     reader = StreamingDataset(streams=streams, shuffle=False)
     sampler = MixtureSampler(seed, reader.samples_per_stream, global_batch_size, max_repeats)
     table = WeightTable(weights, update_interval, max_steps)

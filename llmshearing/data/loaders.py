@@ -136,12 +136,13 @@ def open_eval_splits(data_dir: str | Path, domains: Sequence[str], seq_len: int,
 def build_train_dataloader(data_dir: str | Path, domains: Sequence[str],
                            proportions: Sequence[float] | None, batch_size: int, seq_len: int,
                            seed: int, num_workers: int = 0,
-                           shuffle: bool = True, remote: str | None = None) -> StreamingDataLoader:
+                           shuffle: bool = True, remote: str | None = None,
+                           split: str = "train") -> StreamingDataLoader:
     """Loader over the domains' train splits mixed statically by ``proportions`` (train shards
     local, or streamed from ``remote`` into ``data_dir``)."""
     manifest = checked_manifest(data_dir, domains, seq_len)
     weights = normalize_proportions(domains, proportions)
-    streams = [train_stream(data_dir, domain, remote, proportion=weight)
+    streams = [train_stream(data_dir, domain, remote, split, proportion=weight)
                for domain, weight in zip(domains, weights) if weight > 0]
     dataset = TokenStreamingDataset(seq_len=seq_len, vocab_size=manifest.get("vocab_size"), streams=streams,
                                     batch_size=batch_size,

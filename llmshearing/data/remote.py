@@ -42,7 +42,8 @@ def fetch(remote: str, local_root: Path, *parts: str) -> Path:
     return target
 
 
-def mirror_corpus(remote: str, local: str | Path, domains: Optional[Sequence[str]] = None) -> dict:
+def mirror_corpus(remote: str, local: str | Path, domains: Optional[Sequence[str]] = None,
+                  train_split: str = "train") -> dict:
     """Fetch the manifest, eval splits and train indexes of ``remote`` into ``local``."""
     local = Path(local)
     fetch(remote, local, MANIFEST_NAME)
@@ -50,7 +51,7 @@ def mirror_corpus(remote: str, local: str | Path, domains: Optional[Sequence[str
     domains = list(domains or manifest["domains"])
     check_domains(manifest, domains, remote)
     for domain in domains:
-        fetch(remote, local, domain, "train", INDEX_NAME)
+        fetch(remote, local, domain, train_split, INDEX_NAME)
         index = fetch(remote, local, domain, "eval", INDEX_NAME)
         for shard in _shards(index):
             fetch(remote, local, domain, "eval", shard["raw_data"]["basename"])
@@ -64,10 +65,11 @@ def _shards(index_path: Path) -> list:
         raise CorpusError(f"MDS index is not readable: {index_path} ({error})") from error
 
 
-def train_stream(data_dir: str | Path, domain: str, remote: Optional[str] = None, **kwargs: Any) -> Stream:
-    """The streaming ``Stream`` of a domain's train split: validated local shards, or the remote
-    split cached under ``data_dir`` (shards downloaded when first read)."""
+def train_stream(data_dir: str | Path, domain: str, remote: Optional[str] = None, split: str = "train",
+                 **kwargs: Any) -> Stream:
+    """The streaming ``Stream`` of a domain's train split (``train`` or ``cpt``): validated local
+    shards, or the remote split cached under ``data_dir`` (shards downloaded when first read)."""
     if remote is None:
-        return Stream(local=str(domain_split_dir(data_dir, domain, "train")), **kwargs)
-    return Stream(remote=remote_join(remote, domain, "train"), local=str(Path(data_dir) / domain / "train"),
+        return Stream(local=str(domain_split_dir(data_dir, domain, split)), **kwargs)
+    return Stream(remote=remote_join(remote, domain, split), local=str(Path(data_dir) / domain / split),
                   **kwargs)

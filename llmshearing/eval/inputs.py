@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from llmshearing.data.corpus import SPLITS, CorpusError, load_manifest
+from llmshearing.data.corpus import OPTIONAL_SPLITS, SPLITS, CorpusError, load_manifest
 from llmshearing.errors import LLMShearingError
 
 
@@ -14,8 +14,8 @@ class VocabularyMismatchError(LLMShearingError):
 
 def checked_domains(data_dir, split: str, domains: Optional[Sequence[str]] = None) -> List[str]:
     """The corpus domains to score; every one must have a ``<domain>/<split>`` folder."""
-    if split not in SPLITS:
-        raise CorpusError(f"unknown split '{split}' (expected one of {SPLITS})")
+    if split not in SPLITS + OPTIONAL_SPLITS:
+        raise CorpusError(f"unknown split '{split}' (expected one of {SPLITS + OPTIONAL_SPLITS})")
     manifest = load_manifest(data_dir)
     domains = list(domains or manifest["domains"])
     missing = [d for d in domains if not (Path(data_dir) / d / split / "index.json").is_file()]
@@ -31,9 +31,7 @@ def check_vocabulary(model_vocab: int, data_dir, tokenizer=None) -> None:
     """The corpus's token ids must be ids of the model: its vocabulary must cover the corpus's, and
     the tokenizer shipped with the model (when there is one) must be the corpus's size."""
     manifest = load_manifest(data_dir)
-    data_vocab = manifest.get("vocab_size")
-    if data_vocab is None:
-        return
+    data_vocab = manifest["vocab_size"]  # required by load_manifest
     described = manifest.get("tokenizer", "its tokenizer")
     if model_vocab < data_vocab:
         raise VocabularyMismatchError(
