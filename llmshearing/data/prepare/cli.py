@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -24,6 +25,7 @@ from llmshearing.data.prepare.merge import SHORT_DOMAIN_POLICIES
 from llmshearing.data.prepare.report import corpus_table
 from llmshearing.data.prepare.run import Budgets, DomainInput, PrepareSettings, merge_corpus, prepare_corpus
 from llmshearing.data.prepare.units import DEFAULT_UNIT_BYTES, group_into_units
+from llmshearing.data.prepare.upload import is_remote, staging_dir, upload_corpus
 from llmshearing.errors import LLMShearingError
 
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -39,7 +41,12 @@ def _parser() -> argparse.ArgumentParser:
                                      epilog="After a --num-shards run: python -m llmshearing.data.prepare merge DIR")
     parser.add_argument("--tokenizer", required=True,
                         help="HF tokenizer or model directory, a .gguf file, or 'smollm2'")
-    parser.add_argument("--out", type=Path, required=True, help="corpus folder to write")
+    parser.add_argument("--out", required=True,
+                        help="corpus folder to write, or a bucket URI (s3://, gs://, oci://, azure://, hf://): then "
+                             "prepared in --local-dir and uploaded, manifest last")
+    parser.add_argument("--local-dir", type=Path,
+                        help="with a remote --out: where the corpus is prepared first (default: a folder under "
+                             "~/.cache/llmshearing/prepare named after the URI)")
     parser.add_argument("--seq-len", type=int, required=True, help="tokens per stored sample (e.g. 4096)")
     inputs = parser.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--domain", action="append", metavar="NAME=PATH",
@@ -152,21 +159,41 @@ def _prepare(argv: list[str]) -> int:
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     log(f"tokenizer: {description} (vocabulary {len(tokenizer):,}); {len(domains)} domains, "
         f"{sum(len(domain.units) for domain in domains)} units, {args.workers} workers")
-    manifest = prepare_corpus(args.out, domains, tokenizer, description, budgets, settings,
-                              reading={"text_field": args.text_field}, log=log, progress=not args.no_progress)
+    remote = args.out if is_remote(args.out) else None
+    local = staging_dir(remote, args.local_dir) if remote else Path(args.out)
+    if remote and settings.num_shards > 1:
+        raise LLMShearingError("--num-shards pieces need a folder they all reach as --out (a shared file system); "
+                               f"upload the merged corpus with: python -m llmshearing.data.prepare merge DIR --upload {remote}")
+    if remote and finished_here(local, settings.overwrite):
+        log(f"{local} already holds the finished corpus: uploading it")
+        manifest = json.loads((local / "manifest.json").read_text(encoding="utf-8"))
+    else:
+        manifest = prepare_corpus(local, domains, tokenizer, description, budgets, settings,
+                                  reading={"text_field": args.text_field}, log=log, progress=not args.no_progress)
     if manifest is not None:
-        print(corpus_table(manifest, args.out))
+        print(corpus_table(manifest, local))
+        if remote:
+            upload_corpus(local, remote, log, progress=not args.no_progress)
         print(f"wrote {args.out} in {time.monotonic() - started:.1f}s")
     return 0
+
+
+def finished_here(local: Path, overwrite: bool) -> bool:
+    """A remote run whose upload failed left a finished corpus in its staging folder: upload it again."""
+    return not overwrite and (local / "manifest.json").is_file() and (local / ".prepare").is_dir()
 
 
 def _merge(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmshearing.data.prepare merge",
                                      description="Join the pieces of a --num-shards preparation into one corpus.")
     parser.add_argument("out", type=Path, help="the --out folder every piece wrote to")
+    parser.add_argument("--upload", metavar="URI", help="then upload the corpus there (s3://, gs://, ...)")
     args = parser.parse_args(argv)
-    manifest = merge_corpus(args.out, log=lambda line: print(line, file=sys.stderr, flush=True))
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    manifest = merge_corpus(args.out, log=log)
     print(corpus_table(manifest, args.out))
+    if args.upload:
+        upload_corpus(args.out, args.upload, log)
     return 0
 
 
