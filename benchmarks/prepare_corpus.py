@@ -176,18 +176,18 @@ class TreeSampler(threading.Thread):
     def __init__(self, pid: int):
         super().__init__(daemon=True)
         self.pid, self.peak_pss_kb, self.peak_rss_kb, self.peak_processes = pid, 0, 0, 0
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._done.is_set():
             pids = _tree(self.pid)
             self.peak_pss_kb = max(self.peak_pss_kb, sum(_rollup_kb(pid, "Pss") for pid in pids))
             self.peak_rss_kb = max(self.peak_rss_kb, sum(_rollup_kb(pid, "Rss") for pid in pids))
             self.peak_processes = max(self.peak_processes, len(pids))
-            self._stop.wait(SAMPLE_INTERVAL_S)
+            self._done.wait(SAMPLE_INTERVAL_S)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join()
 
 
@@ -216,7 +216,8 @@ def run_prepare(input_path: Path, out: Path, workers: int, args) -> dict:
 
     piece = json.loads(PreparePaths(out).piece_marker(0, 1).read_text())
     return {"workers": workers, "command": " ".join(["python", *command[1:]]), "wall_s": round(wall, 2),
-            "tokenize_s": max(piece["seconds"], 0.05),  # the marker rounds to 0.1 s "peak_rss_largest_process_mb": round(usage.ru_maxrss / 1024, 1),
+            "tokenize_s": max(piece["seconds"], 0.05),  # rounded to 0.1 s by prepare
+            "peak_rss_largest_process_mb": round(usage.ru_maxrss / 1024, 1),
             "peak_pss_tree_mb": round(sampler.peak_pss_kb / 1024, 1),
             "peak_rss_tree_sum_mb": round(sampler.peak_rss_kb / 1024, 1), "processes": sampler.peak_processes,
             **corpus_size(out)}
