@@ -170,57 +170,87 @@ def _rollup_kb(pid: int, field: str) -> int:
     return 0
 
 
-class TreeSampler(threading.Thread):
-    """Peak summed PSS and RSS of a process and its descendants, sampled from /proc."""
+PHASES = ("startup", "tokenize", "merge")
 
-    def __init__(self, pid: int):
+
+class TreeSampler(threading.Thread):
+    """Peaks of a process tree's memory, sampled from /proc every SAMPLE_INTERVAL_S, per phase of a
+    prepare run: ``startup`` (imports, tokenizer loading) until the CLI logs its ``tokenizer:``
+    line, ``tokenize`` (reading, encoding, writing units) until the piece marker exists, ``merge``."""
+
+    def __init__(self, pid: int, log: Path, marker: Path):
         super().__init__(daemon=True)
-        self.pid, self.peak_pss_kb, self.peak_rss_kb, self.peak_processes = pid, 0, 0, 0
+        self.pid, self.log, self.marker = pid, log, marker
+        self.peaks = {phase: {"pss_tree_kb": 0, "rss_tree_sum_kb": 0, "rss_largest_process_kb": 0,
+                              "processes": 0, "samples": 0} for phase in PHASES}
         self._done = threading.Event()
+
+    def phase(self) -> str:
+        if self.marker.is_file():
+            return "merge"
+        try:
+            return "tokenize" if "tokenizer:" in self.log.read_text(errors="replace") else "startup"
+        except OSError:
+            return "startup"
 
     def run(self) -> None:
         while not self._done.is_set():
+            phase = self.phase()
             pids = _tree(self.pid)
-            self.peak_pss_kb = max(self.peak_pss_kb, sum(_rollup_kb(pid, "Pss") for pid in pids))
-            self.peak_rss_kb = max(self.peak_rss_kb, sum(_rollup_kb(pid, "Rss") for pid in pids))
-            self.peak_processes = max(self.peak_processes, len(pids))
+            rss = [_rollup_kb(pid, "Rss") for pid in pids]
+            sample = {"pss_tree_kb": sum(_rollup_kb(pid, "Pss") for pid in pids), "rss_tree_sum_kb": sum(rss),
+                      "rss_largest_process_kb": max(rss, default=0), "processes": len(pids)}
+            peaks = self.peaks[phase]
+            for key, value in sample.items():
+                peaks[key] = max(peaks[key], value)
+            peaks["samples"] += 1
             self._done.wait(SAMPLE_INTERVAL_S)
 
-    def stop(self) -> None:
+    def stop(self) -> dict:
         self._done.set()
         self.join()
+        return {phase: {key.replace("_kb", "_mb"): round(value / 1024, 1) if key.endswith("_kb") else value
+                        for key, value in peaks.items()} for phase, peaks in self.peaks.items()}
 
 
 def prepare_command(input_path: Path, out: Path, workers: int, args) -> list[str]:
     return [sys.executable, "-m", "llmshearing.data.prepare", "--tokenizer", args.tokenizer, "--out", str(out),
             "--seq-len", str(args.seq_len), "--domain", f"bench={input_path}", "--train-tokens", "all",
-            "--eval-tokens", args.eval_tokens, "--workers", str(workers), "--no-progress", "--overwrite"]
+            "--eval-tokens", args.eval_tokens, "--workers", str(workers), "--no-progress", "--overwrite",
+            *([] if args.eval_pool_fraction is None else ["--eval-pool-fraction", str(args.eval_pool_fraction)])]
 
 
-def run_prepare(input_path: Path, out: Path, workers: int, args) -> dict:
-    """One prepare run in a fresh process: wall time, tokenizing-phase time, memory, corpus size."""
+def run_prepare(input_path: Path, out: Path, workers: int, args, parallelism: str | None = None) -> dict:
+    """One prepare run in a fresh process: wall time, tokenizing-phase time, memory, corpus size.
+    ``parallelism``: TOKENIZERS_PARALLELISM for the run (None: the environment's)."""
+    from llmshearing.data.prepare.state import PreparePaths
+
     command = prepare_command(input_path, out, workers, args)
+    env = dict(os.environ)
+    if parallelism is not None:
+        env["TOKENIZERS_PARALLELISM"] = parallelism
     log = out.with_name(out.name + ".log")
+    marker = PreparePaths(out).piece_marker(0, 1)
     started = time.perf_counter()
     with log.open("w") as handle:
-        process = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT)
-        sampler = TreeSampler(process.pid)
+        process = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        sampler = TreeSampler(process.pid, log, marker)
         sampler.start()
-        _, status, usage = os.wait4(process.pid, 0)
+        _, status, usage = os.wait4(process.pid, 0)  # its rusage covers the reaped workers too
         process.returncode = os.waitstatus_to_exitcode(status)
-        sampler.stop()
+        phases = sampler.stop()
     wall = time.perf_counter() - started
     if process.returncode != 0:
         raise SystemExit(f"prepare failed ({process.returncode}): {' '.join(command)}\n{log.read_text()[-3000:]}")
-    from llmshearing.data.prepare.state import PreparePaths
-
-    piece = json.loads(PreparePaths(out).piece_marker(0, 1).read_text())
-    return {"workers": workers, "command": " ".join(["python", *command[1:]]), "wall_s": round(wall, 2),
-            "tokenize_s": max(piece["seconds"], 0.05),  # rounded to 0.1 s by prepare
-            "peak_rss_largest_process_mb": round(usage.ru_maxrss / 1024, 1),
-            "peak_pss_tree_mb": round(sampler.peak_pss_kb / 1024, 1),
-            "peak_rss_tree_sum_mb": round(sampler.peak_rss_kb / 1024, 1), "processes": sampler.peak_processes,
-            **corpus_size(out)}
+    seconds = json.loads(marker.read_text())["seconds"]
+    return {"workers": workers,
+            "tokenizers_parallelism": "as is" if parallelism is None else parallelism,
+            "command": ("" if parallelism is None else f"TOKENIZERS_PARALLELISM={parallelism} ")
+            + " ".join(["python", *command[1:]]),
+            "wall_s": round(wall, 2),
+            "tokenize_s": max(seconds, 0.05),  # prepare rounds it to 0.1 s
+            "peak_rss_largest_process_mb": round(usage.ru_maxrss / 1024, 1),  # exact, whole run
+            "memory_by_phase": phases, **corpus_size(out)}
 
 
 def corpus_size(out: Path) -> dict:
@@ -261,33 +291,43 @@ def load_average() -> list[float]:
 
 
 # ---- report ------------------------------------------------------------------------------------
+def _mb(value: float) -> str:
+    return f"{value:,.0f}"
+
+
 def markdown(results: dict) -> str:
     size = results["input"]
     lines = [f"Input: {size['bytes'] / MB:,.1f} MB JSONL, {size['documents']:,} documents, "
              f"{size['text_tokens']:,} text tokens ({size['text_bytes_per_token']} text bytes, "
-             f"{size['jsonl_bytes_per_token']} JSONL bytes per token); HF on one thread: "
-             f"{results['hf_single_thread']['tokens_per_s']:,.0f} tokens/s", "",
-             "| workers | HF batch encode, as is (tokens/s) | prepare tokenizing phase (tokens/s) | prepare / HF "
-             "| prepare / HF 1 thread | scaling vs 1 worker | end-to-end wall (s) | peak RSS largest process (MB) "
-             "| peak PSS tree (MB) | MDS bytes / token |",
+             f"{size['jsonl_bytes_per_token']} JSONL bytes per token). Rayon may use "
+             f"{results['machine']['rayon_threads']} threads.", "",
+             "| workers | TOKENIZERS_PARALLELISM | HF batch encode beside it (tokens/s) | prepare, tokenizing phase "
+             "(tokens/s) | prepare / HF | prepare / HF on 1 thread | vs prepare 1 worker 1 thread | end-to-end wall (s) "
+             "| peak PSS of the tree while tokenizing (MB) | MDS bytes / token |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for run in results["runs"]:
-        lines.append(f"| {run['workers']} | {run['hf']['tokens_per_s']:,.0f} | {run['prepare_tokens_per_s']:,.0f} | "
+        scaling = run.get("scaling_vs_one_thread")
+        lines.append(f"| {run['workers']} | {run['tokenizers_parallelism']} | {run['hf']['tokens_per_s']:,.0f} "
+                     f"({run['hf']['parallelism']}) | {run['prepare_tokens_per_s']:,.0f} | "
                      f"{100 * run['prepare_vs_hf']:.0f} % | {100 * run['prepare_vs_hf_single_thread']:.0f} % | "
-                     f"{run['scaling_vs_first']:.2f}× | {run['wall_s']:.1f} | "
-                     f"{run['peak_rss_largest_process_mb']:,.0f} | {run['peak_pss_tree_mb']:,.0f} | "
-                     f"{run['mds_bytes_per_token']} |")
+                     f"{'-' if scaling is None else f'{scaling:.2f}×'} | {run['wall_s']:.1f} | "
+                     f"{_mb(run['memory_by_phase']['tokenize']['pss_tree_mb'])} | {run['mds_bytes_per_token']} |")
     memory = results.get("memory")
     if memory:
-        lines += ["", "| input (JSONL) | workers | stored tokens | tokenizing phase (s) | tokens/s stored "
-                      "| peak RSS largest process (MB) | peak PSS tree (MB) | peak RSS tree sum (MB) |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["", f"Memory (workers {memory['big']['workers']}; big input limited by: {memory['limited_by']}):", "",
+                  "| input (JSONL) | stored tokens | tokenizing phase (s) | stored tokens/s | peak RSS, largest "
+                  "process, whole run (MB) | startup: peak PSS tree (MB) | tokenizing: peak PSS tree (MB) | "
+                  "tokenizing: largest process RSS (MB) | merge: peak PSS tree (MB) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for label in ("small", "big"):
             run = memory[label]
-            lines.append(f"| {run['input_bytes'] / GB:,.3f} GB | {run['workers']} | {run['stored_tokens']:,} | "
-                         f"{run['tokenize_s']} | {run['stored_tokens'] / max(run['tokenize_s'], 1e-9):,.0f} | "
-                         f"{run['peak_rss_largest_process_mb']:,.0f} | {run['peak_pss_tree_mb']:,.0f} | "
-                         f"{run['peak_rss_tree_sum_mb']:,.0f} |")
+            phases = run["memory_by_phase"]
+            lines.append(f"| {run['input_bytes'] / GB:,.3f} GB | {run['stored_tokens']:,} | {run['tokenize_s']} | "
+                         f"{run['stored_tokens'] / run['tokenize_s']:,.0f} | "
+                         f"{_mb(run['peak_rss_largest_process_mb'])} | {_mb(phases['startup']['pss_tree_mb'])} | "
+                         f"{_mb(phases['tokenize']['pss_tree_mb'])} | "
+                         f"{_mb(phases['tokenize']['rss_largest_process_mb'])} | "
+                         f"{_mb(phases['merge']['pss_tree_mb'])} |")
     return "\n".join(lines)
 
 
@@ -302,6 +342,8 @@ def parse_args(argv):
     parser.add_argument("--tokenizer", default="smollm2", help="prepare's --tokenizer (default %(default)s)")
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--eval-tokens", default="200K", help="prepare's --eval-tokens (default %(default)s)")
+    parser.add_argument("--eval-pool-fraction", type=float,
+                        help="prepare's --eval-pool-fraction (default: prepare's own; tiny inputs need one)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated text")
     parser.add_argument("--workdir", type=Path, help="where to generate inputs and corpora (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
@@ -338,18 +380,25 @@ def main(argv: list[str] | None = None) -> dict:
                             "jsonl_bytes_per_token": round(info["bytes"] / text_tokens, 3)}
         results["hf_single_thread"] = single
         runs = []
-        for workers in args.workers:
-            hf = hf_encode(tokenizer, texts, None)
-            run = run_prepare(small, workdir / f"corpus_w{workers}", workers, args)
-            rate = text_tokens / max(run["tokenize_s"], 1e-9)
-            run.update(hf=hf, load_average=load_average(), prepare_tokens_per_s=round(rate, 1),
+        plan = [(workers, None) for workers in args.workers]
+        if 1 in args.workers:  # one worker on one core: the per-core reference of the scaling
+            plan.insert(args.workers.index(1) + 1, (1, "false"))
+        for workers, parallelism in plan:
+            hf = hf_encode(tokenizer, texts, parallelism)  # beside the run, in the same setting
+            run = run_prepare(small, workdir / f"corpus_w{workers}", workers, args, parallelism)
+            rate = text_tokens / run["tokenize_s"]
+            run.update(hf=hf, load_average=load_average(), input_bytes=info["bytes"],
+                       prepare_tokens_per_s=round(rate, 1),
                        prepare_end_to_end_tokens_per_s=round(text_tokens / run["wall_s"], 1),
                        prepare_vs_hf=round(rate / hf["tokens_per_s"], 3),
-                       prepare_vs_hf_single_thread=round(rate / single["tokens_per_s"], 3),
-                       input_bytes=info["bytes"])
-            run["scaling_vs_first"] = round(rate / runs[0]["prepare_tokens_per_s"], 3) if runs else 1.0
+                       prepare_vs_hf_single_thread=round(rate / single["tokens_per_s"], 3))
             runs.append(run)
             shutil.rmtree(workdir / f"corpus_w{workers}", ignore_errors=True)
+        one_core = next((run for run in runs if run["workers"] == 1 and run["tokenizers_parallelism"] == "false"),
+                        None)
+        for run in runs:
+            if one_core is not None:
+                run["scaling_vs_one_thread"] = round(run["prepare_tokens_per_s"] / one_core["prepare_tokens_per_s"], 3)
         results["runs"] = runs
         del texts
         if args.big_gb > 0:
@@ -367,28 +416,32 @@ def main(argv: list[str] | None = None) -> dict:
 
 def memory_runs(args, pools, workdir: Path, runs: list[dict], small_info: dict) -> dict:
     """Peak memory on the small input (its run at the largest worker count) vs a big one."""
-    reference = max(runs, key=lambda run: run["workers"])
-    bytes_per_s = small_info["bytes"] / max(reference["tokenize_s"], 1e-9)
+    reference = max((run for run in runs if run["tokenizers_parallelism"] == "as is"),
+                    key=lambda run: run["workers"])
+    bytes_per_s = small_info["bytes"] / reference["tokenize_s"]
     by_time = int(bytes_per_s * args.big_max_seconds)
     free = shutil.disk_usage(workdir).free
     by_disk = int(free / 3)  # the input, its corpus (about half its size) and room to spare
     asked = int(args.big_gb * GB)
     size = min(asked, by_time, by_disk)
-    limited_by = "asked" if size == asked else ("time" if size == by_time else "disk")
+    limited_by = "nothing (the size asked)" if size == asked else (
+        f"time (--big-max-seconds {args.big_max_seconds:g})" if size == by_time else "disk space")
     big = workdir / "big.jsonl"
     started = time.perf_counter()
     info = write_jsonl(big, size, documents(pools, args.seed + 1))
     generate_s = time.perf_counter() - started
-    run = run_prepare(big, workdir / "corpus_big", reference["workers"], args)
+    try:
+        run = run_prepare(big, workdir / "corpus_big", reference["workers"], args)
+    finally:
+        big.unlink()
+        shutil.rmtree(workdir / "corpus_big", ignore_errors=True)
     run.update(input_bytes=info["bytes"], documents=info["documents"], generate_s=round(generate_s, 1),
                load_average=load_average())
-    big.unlink()
-    shutil.rmtree(workdir / "corpus_big", ignore_errors=True)
-    small = {key: reference[key] for key in ("workers", "input_bytes", "stored_tokens", "tokenize_s", "wall_s",
-                                              "peak_rss_largest_process_mb", "peak_pss_tree_mb",
-                                              "peak_rss_tree_sum_mb", "mds_bytes_per_token")}
+    small = {key: reference[key] for key in ("workers", "command", "input_bytes", "stored_tokens", "tokenize_s",
+                                              "wall_s", "peak_rss_largest_process_mb", "memory_by_phase",
+                                              "mds_bytes_per_token")}
     return {"asked_bytes": asked, "used_bytes": info["bytes"], "limited_by": limited_by,
-            "disk_free_bytes": free, "estimated_s": round(info["bytes"] / bytes_per_s, 1),
+            "disk_free_bytes": free, "estimated_tokenize_s": round(info["bytes"] / bytes_per_s, 1),
             "small": small, "big": run}
 
 

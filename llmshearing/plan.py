@@ -86,10 +86,11 @@ class PruningPlan:
         return shapes[0]
 
     def target_config(self) -> LlamaConfig:
-        """A plain LLaMA config when every layer keeps the same sizes, else one with per-layer sizes."""
+        """The source family's config with the kept sizes: plain when every layer keeps the same sizes, else
+        with per-layer sizes; the kept layers keep their attention types (full / sliding window)."""
         shapes = self.layer_shapes()
         return dataclasses.replace(
-            shapes[0].config_for(self.source),
+            shapes[0].config_for(self.source, [layer.source_index for layer in self.layers]),
             intermediate_sizes=[shape.intermediate_size for shape in shapes],
             num_attention_heads_per_layer=[shape.num_attention_heads for shape in shapes],
             num_key_value_heads_per_layer=[shape.num_key_value_heads for shape in shapes],

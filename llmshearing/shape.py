@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Mapping, Union
+from typing import Mapping, Sequence, Union
 
 from llmshearing.errors import ShapeError
 from llmshearing.model.config import LlamaConfig
@@ -74,9 +74,11 @@ class TargetShape:
                 f"(use num_key_value_heads >= {-(-self.num_attention_heads // source.query_groups)})"
             )
 
-    def config_for(self, source: LlamaConfig) -> LlamaConfig:
-        """The source config with this shape's dimensions (head_dim kept)."""
-        return dataclasses.replace(source, **self.to_dict(), head_dim=source.head_dim)
+    def config_for(self, source: LlamaConfig, layers: Sequence[int] | None = None) -> LlamaConfig:
+        """The source config with this shape's dimensions (head_dim kept); ``layers`` are the kept
+        source layers, whose attention types (full / sliding) the config takes (default: the first ones)."""
+        kept = source.with_layers(range(self.num_hidden_layers) if layers is None else layers)
+        return dataclasses.replace(kept, **self.to_dict(), head_dim=source.head_dim)
 
 
 def count_parameters(
@@ -89,13 +91,19 @@ def count_parameters(
     intermediate_size: Number,
     head_dim: Number,
     tie_word_embeddings: bool,
+    qkv_bias: bool = False,
+    o_bias: bool = False,
+    qk_norm: bool = False,
 ) -> Number:
-    """Exact parameter count of a LLaMA model (floats allowed for expected sizes)."""
+    """Exact parameter count of a model of the one architecture (floats allowed for expected sizes)."""
     per_layer = (
         2 * num_attention_heads * head_dim * hidden_size  # q_proj, o_proj
         + 2 * num_key_value_heads * head_dim * hidden_size  # k_proj, v_proj
         + 3 * intermediate_size * hidden_size  # gate, up, down
         + 2 * hidden_size  # two RMSNorms
+        + (num_attention_heads + 2 * num_key_value_heads) * head_dim * qkv_bias
+        + hidden_size * o_bias
+        + 2 * head_dim * qk_norm  # q_norm, k_norm (shared by the heads)
     )
     embeddings = vocab_size * hidden_size * (1 if tie_word_embeddings else 2)
     return num_hidden_layers * per_layer + embeddings + hidden_size
@@ -117,5 +125,6 @@ def config_parameters(config: LlamaConfig) -> int:
             intermediate_size=config.intermediate_size,
             head_dim=config.head_dim,
             tie_word_embeddings=config.tie_word_embeddings,
+            **config.parameter_flags,
         )
     )

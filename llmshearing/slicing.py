@@ -1,4 +1,5 @@
-"""slice(model, plan): the one slicer. Returns a dense, smaller LlamaForCausalLM with a valid config.
+"""slice(model, plan): the one slicer. Returns a dense, smaller LlamaForCausalLM with a valid config
+of the source's family (biases, q/k norms and attention types go with their heads and layers).
 
 A plan that keeps the same sizes in every layer gives a plain LLaMA config; otherwise the config
 carries per-layer sizes (``LlamaConfig.intermediate_sizes`` etc.) and each layer is sliced to its own.
@@ -107,12 +108,19 @@ def _slice_layer(src, dst, plan: LayerPlan, hidden, hidden_scale, head_dim):
     dst.post_attention_layernorm.weight.copy_(src.post_attention_layernorm.weight.index_select(0, hidden))
 
     attn_src, attn_dst = src.self_attn, dst.self_attn
-    attn_dst.q_proj.weight.copy_(_rows(attn_src.q_proj.weight, heads, head_dim).index_select(1, hidden))
-    attn_dst.k_proj.weight.copy_(_rows(attn_src.k_proj.weight, kv_heads, head_dim).index_select(1, hidden))
-    attn_dst.v_proj.weight.copy_(_rows(attn_src.v_proj.weight, kv_heads, head_dim).index_select(1, hidden))
+    for name, kept in (("q_proj", heads), ("k_proj", kv_heads), ("v_proj", kv_heads)):
+        source, target = getattr(attn_src, name), getattr(attn_dst, name)
+        target.weight.copy_(_rows(source.weight, kept, head_dim).index_select(1, hidden))
+        if source.bias is not None:  # Qwen: one bias per output row, kept with its head
+            target.bias.copy_(_rows(source.bias[:, None], kept, head_dim)[:, 0])
+    for name in ("q_norm", "k_norm"):  # over head_dim, shared by the heads: kept whole
+        if hasattr(attn_src, name):
+            getattr(attn_dst, name).weight.copy_(getattr(attn_src, name).weight)
     o_proj = _head_columns(attn_src.o_proj.weight.index_select(0, hidden), heads, head_dim).float()
     o_proj = o_proj * head_scale.repeat_interleave(head_dim)[None, :]
     attn_dst.o_proj.weight.copy_(o_proj * (hidden_scale * plan.attn_scale)[:, None])
+    if attn_src.o_proj.bias is not None:  # the masked model scales the block's whole output, bias included
+        attn_dst.o_proj.bias.copy_(attn_src.o_proj.bias.index_select(0, hidden).float() * hidden_scale * plan.attn_scale)
 
     mlp_src, mlp_dst = src.mlp, dst.mlp
     mlp_dst.gate_proj.weight.copy_(mlp_src.gate_proj.weight.index_select(0, neurons).index_select(1, hidden))

@@ -344,22 +344,25 @@ def test_round_trip_smollm2(tmp_path, capsys):
         pytest.skip(f"SmolLM2 tokenizer unavailable: {error}")
     rng = random.Random(3)
     vocabulary = ["alpha", "beta", "gamma", "delta", "über", "naïve", "x=1;", "42", "\n", "  ", "日本"]
-    texts = ["".join(rng.choice(vocabulary) + rng.choice([" ", "", ", "]) for _ in range(rng.randint(5, 60)))
+    texts = ["".join(rng.choice(vocabulary) + rng.choice([" ", "", ", "]) for _ in range(rng.randint(3, 20)))
              .strip() for _ in range(60)]
     folder = tmp_path / "in" / "mix"
     folder.mkdir(parents=True)
     (folder / "t.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
     out = tmp_path / "out"
     code, _, err = run_cli(capsys, "--tokenizer", "smollm2", "--out", out, "--seq-len", 32, "--workers", 1,
-                           "--no-progress", "--domain", f"mix={folder}", "--eval-tokens", 64)
+                           "--no-progress", "--domain", f"mix={folder}", "--eval-tokens", 96,
+                           "--eval-pool-fraction", 0.3)
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["eos_token"] == SEP and manifest["bos_token_id"] is None
+    encoded = {tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts}
     for split in ("train", "eval"):
         samples = read_samples(out / "mix" / split)
         whole, _ = segments(samples, manifest["eos_token_id"])
         assert whole
-        decoded = [tokenizer.decode(list(segment)) for segment in whole]
+        assert all(segment in encoded for segment in whole), split
+        decoded = [tokenizer.decode(list(segment), clean_up_tokenization_spaces=False) for segment in whole]
         assert all(text in texts for text in decoded), split
 
 
@@ -372,7 +375,7 @@ def test_train_eval_cpt_share_no_document(tmp_path, capsys, tokenizers_dir):
     corpus = _two_domain_corpus(tmp_path / "in", files_per_domain=4, docs_per_file=40)
     out = tmp_path / "out"
     manifest = prepared(capsys, tokenizer, out, corpus, "--eval-tokens", "80", "--cpt-tokens", "600",
-                        "--train-tokens", "all", *TINY_UNITS)
+                        "--train-tokens", "1000", *TINY_UNITS)
     assert manifest["splits"] == ["train", "eval", "cpt"]
     for domain in ("a", "b"):
         documents = json.loads((out / domain / "documents.json").read_text())
@@ -384,9 +387,11 @@ def test_train_eval_cpt_share_no_document(tmp_path, capsys, tokenizers_dir):
         by_tokens = {tuple(vocab[word] for word in words): doc_id for doc_id, words in corpus.docs(domain).items()}
         found = {}
         for split in ("train", "eval", "cpt"):
-            whole, _ = segments(read_samples(out / domain / split), vocab[SEP])
-            found[split] = {by_tokens[segment] for segment in whole}
-            assert found[split] <= sets[split]
+            found[split] = set()
+            for folder in folders_of(out / domain / split):  # a unit's stream starts with a whole document
+                whole, _ = segments(read_samples(out / domain / split / folder), vocab[SEP])
+                found[split] |= {by_tokens[segment] for segment in whole}
+            assert found[split] and found[split] <= sets[split]
         assert not found["train"] & found["eval"] and not found["train"] & found["cpt"]
         assert not found["eval"] & found["cpt"]
         draws = {split: [document_draw(manifest["seed"], domain, doc_id) for doc_id in ids]
@@ -444,7 +449,8 @@ def test_large_vocabulary_is_uint32(tmp_path, capsys):
     for index in range(3):
         corpus.jsonl("big", f"f{index}.jsonl", 20, low=10, high=30)
     out = tmp_path / "out"
-    manifest = prepared(capsys, tokenizer, out, corpus, "--eval-tokens", "32", *TINY_UNITS)
+    manifest = prepared(capsys, tokenizer, out, corpus, "--eval-tokens", "32", "--eval-pool-fraction", "0.2",
+                        *TINY_UNITS)
     assert manifest["vocab_size"] == len(vocab) == 70_002
     assert manifest["token_dtype"] == "uint32" and manifest["columns"] == {"tokens": "ndarray:uint32"}
     expected = expected_samples(corpus, "big", vocab, manifest["seed"], SplitDraw(manifest["eval_pool_fraction"]["big"]),
@@ -463,7 +469,8 @@ def test_large_vocabulary_is_uint32(tmp_path, capsys):
 def test_sharded_pieces_merge_to_the_one_process_corpus(tmp_path, capsys, tokenizers_dir):
     tokenizer = tokenizers_dir["plain"]
     corpus = _two_domain_corpus(tmp_path / "in", files_per_domain=7, docs_per_file=12)
-    budgets = ["--eval-tokens", "60", "--train-tokens", "900", "--cpt-tokens", "300", *TINY_UNITS]
+    budgets = ["--eval-tokens", "60", "--train-tokens", "900", "--cpt-tokens", "300", "--eval-pool-fraction",
+               "0.15", *TINY_UNITS]
     single = tmp_path / "single"
     prepared(capsys, tokenizer, single, corpus, *budgets)
     sharded = tmp_path / "sharded"
@@ -491,7 +498,7 @@ def test_sharded_pieces_merge_to_the_one_process_corpus(tmp_path, capsys, tokeni
                for folder in folders_of(sharded / domain / split))
 
     # with every token taken (train: all), the whole per-domain statistics agree too
-    everything = ["--eval-tokens", "60", "--train-tokens", "all", *TINY_UNITS]
+    everything = ["--eval-tokens", "60", "--train-tokens", "all", "--eval-pool-fraction", "0.15", *TINY_UNITS]
     single_all, sharded_all = tmp_path / "single-all", tmp_path / "sharded-all"
     prepared(capsys, tokenizer, single_all, corpus, *everything)
     for index in range(3):
@@ -511,16 +518,24 @@ def test_malformed_records(tmp_path, capsys, tokenizers_dir):
     bad = corpus.folder("a") / "ok-then-bad.jsonl"
     bad.write_text('{"text": "w1 w2 w3"}\n{"text": "w4 w5"\n{"text": "w6 w7 w8"}\n')
     out = tmp_path / "out"
-    assert_error(prepare(capsys, tokenizer, out, corpus, "--eval-tokens", "16"), out,
+    budgets = ["--eval-tokens", "16", "--eval-pool-fraction", "0.2"]
+    assert_error(prepare(capsys, tokenizer, out, corpus, *budgets), out,
                  f"{bad}:2", "not valid JSON", "--skip-bad-records")
     skipped = tmp_path / "skipped"
-    manifest = prepared(capsys, tokenizer, skipped, corpus, "--eval-tokens", "16", "--skip-bad-records")
+    manifest = prepared(capsys, tokenizer, skipped, corpus, *budgets, "--skip-bad-records")
     assert manifest["per_domain"]["a"]["bad_records"] == 1
     assert manifest["per_domain"]["a"]["documents_read"] == len(corpus.docs("a")) + 2
     # the failed run's folder: the same command with --skip-bad-records, as the error says
-    code, _, err = prepare(capsys, tokenizer, out, corpus, "--eval-tokens", "16", "--skip-bad-records")
+    code, _, err = prepare(capsys, tokenizer, out, corpus, *budgets, "--skip-bad-records")
     assert code == 0, err
+    assert "resuming with skip_bad_records=True" in err
     assert_same_corpus(read_corpus(out), read_corpus(skipped))
+    # the other way round is refused: units prepared with --skip-bad-records may have skipped records
+    unfinished = tmp_path / "unfinished"
+    assert_error(prepare(capsys, tokenizer, unfinished, corpus, *budgets, "--skip-bad-records",
+                         "--train-tokens", "1M"), unfinished, "--short-domains")
+    assert_error(prepare(capsys, tokenizer, unfinished, corpus, *budgets, "--train-tokens", "1M"), unfinished,
+                 "unfinished preparation", "differing: skip_bad_records")
 
     no_field = tmp_path / "in2" / "a"
     no_field.mkdir(parents=True)
@@ -556,7 +571,7 @@ def test_short_domains(tmp_path, capsys, tokenizers_dir):
     tokenizer = tokenizers_dir["plain"]
     corpus = Corpus(tmp_path / "in")
     corpus.jsonl("small", "s.jsonl", 30)
-    budget = ["--eval-tokens", "16", "--train-tokens-per-domain", "100k"]
+    budget = ["--eval-tokens", "16", "--train-tokens-per-domain", "100k", "--eval-pool-fraction", "0.3"]
     out = tmp_path / "out"
     message = assert_error(prepare(capsys, tokenizer, out, corpus, *budget), out,
                            "domain 'small'", "of the 100,000 asked", "--short-domains")
@@ -580,6 +595,8 @@ def test_short_domains(tmp_path, capsys, tokenizers_dir):
     # the failed run's folder: the same command with --short-domains cap, as the error says
     code, _, err = prepare(capsys, tokenizer, out, corpus, *budget, "--short-domains", "cap")
     assert code == 0, err
+    assert "resuming with short_domains=cap" in err
+    assert_same_corpus(read_corpus(out), read_corpus(tmp_path / "cap"))
 
 
 def test_output_folder_rules(tmp_path, capsys, tokenizers_dir):
@@ -655,7 +672,7 @@ def test_interrupted_run_resumes_to_the_same_corpus(tmp_path, capsys, tokenizers
         original_add(self, *args)
         if calls["units"] == 1:
             calls["adds"] += 1
-            if calls["adds"] == 25:
+            if calls["adds"] == 8:
                 raise KeyboardInterrupt
 
     monkeypatch.setattr(prepare_pieces, "_finish_unit", finish_then_count)

@@ -1,6 +1,6 @@
-"""Write a LlamaForCausalLM as a Hugging Face model directory that ``transformers`` loads.
+"""Write our model as a Hugging Face model directory that ``transformers`` loads as the family's own class.
 
-Uniform models are plain LLaMA directories. Models with per-layer sizes get the per-layer lists in
+Uniform models are plain directories of their family (LLaMA, Mistral, Qwen2, Qwen3). Models with per-layer sizes get the per-layer lists in
 config.json and a self-contained modeling file (``trust_remote_code=True`` to load them).
 """
 from __future__ import annotations
@@ -19,7 +19,6 @@ from llmshearing.plan import PruningPlan
 
 # per-layer sizes: a small modeling file beside the weights, named in config.json's auto_map
 PER_LAYER_MODELING = Path(__file__).with_name("modeling_llmshearing_llama.py")
-PER_LAYER_CLASS = "LlamaForCausalLMWithLayerSizes"
 WEIGHTS_FILE = "model.safetensors"
 LM_HEAD = "lm_head.weight"
 DIR_MODE = 0o755
@@ -54,8 +53,9 @@ def _add_per_layer_modeling(hf_config, folder: Path) -> None:
     target = folder / PER_LAYER_MODELING.name
     shutil.copyfile(PER_LAYER_MODELING, target)
     target.chmod(FILE_MODE)
-    hf_config.auto_map = {"AutoModelForCausalLM": f"{PER_LAYER_MODELING.stem}.{PER_LAYER_CLASS}"}
-    hf_config.architectures = [PER_LAYER_CLASS]
+    per_layer_class = f"{hf_config.architectures[0].removesuffix('ForCausalLM')}ForCausalLMWithLayerSizes"
+    hf_config.auto_map = {"AutoModelForCausalLM": f"{PER_LAYER_MODELING.stem}.{per_layer_class}"}
+    hf_config.architectures = [per_layer_class]
 
 
 def _check_replaceable(out_dir: Path) -> None:

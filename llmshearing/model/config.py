@@ -17,6 +17,7 @@ from llmshearing.errors import ConfigError
 
 @dataclass
 class LlamaConfig:
+    model_type: str = field(default="llama", metadata={"hf": False})  # the family (llmshearing.model.families)
     vocab_size: int = 32000
     hidden_size: int = 4096
     intermediate_size: int = 11008
@@ -37,6 +38,12 @@ class LlamaConfig:
     num_attention_heads_per_layer: Optional[List[int]] = None
     num_key_value_heads_per_layer: Optional[List[int]] = None
     attn_impl: str = field(default="sdpa", metadata={"hf": False})
+    # family flags (llmshearing/model/families.py maps them to and from each family's HF config)
+    qkv_bias: bool = field(default=False, metadata={"hf": False})
+    o_bias: bool = field(default=False, metadata={"hf": False})
+    qk_norm: bool = field(default=False, metadata={"hf": False})  # RMSNorm over head_dim on q and k (Qwen3)
+    sliding_window: Optional[int] = field(default=None, metadata={"hf": False})
+    layer_types: Optional[List[str]] = field(default=None, metadata={"hf": False})  # None: no layer slides
 
     def __post_init__(self):
         self._check_per_layer_sizes()
@@ -54,6 +61,7 @@ class LlamaConfig:
                 f"num_attention_heads {self.num_attention_heads} is not divisible by "
                 f"num_key_value_heads {self.num_key_value_heads}"
             )
+        self._check_layer_types()
         if self.attn_impl not in ("sdpa", "flash_attn", "eager"):
             raise ConfigError(f"attn_impl must be sdpa, flash_attn or eager, got {self.attn_impl!r}")
         if not self.is_uniform:
@@ -78,6 +86,38 @@ class LlamaConfig:
             setattr(self, name, sizes if len(set(sizes)) > 1 else None)  # equal sizes: a plain config
             setattr(self, scalar, max(sizes))
 
+    def _check_layer_types(self) -> None:
+        from llmshearing.model.families import FULL, SLIDING, family_of
+
+        family_of(self.model_type)
+        if self.layer_types is None:
+            return
+        self.layer_types = list(self.layer_types)
+        if len(self.layer_types) != self.num_hidden_layers or set(self.layer_types) - {FULL, SLIDING}:
+            raise ConfigError(f"layer_types must hold {self.num_hidden_layers} entries of {FULL!r} or {SLIDING!r}, "
+                              f"got {self.layer_types}")
+        if SLIDING not in self.layer_types:
+            self.layer_types = None  # no layer slides: the plain form
+        elif not isinstance(self.sliding_window, int) or self.sliding_window < 1:
+            raise ConfigError(f"sliding layers need a positive sliding_window, got {self.sliding_window!r}")
+
+    def window_of(self, index: int) -> Optional[int]:
+        """The attention window of layer ``index`` (None: full causal attention)."""
+        from llmshearing.model.families import SLIDING
+
+        return self.sliding_window if self.layer_types and self.layer_types[index] == SLIDING else None
+
+    def with_layers(self, indices) -> "LlamaConfig":
+        """This config for the source layers ``indices`` (in order): the layer count and their attention types."""
+        indices = list(indices)
+        types = [self.layer_types[i] for i in indices] if self.layer_types else None
+        return dataclasses.replace(self, num_hidden_layers=len(indices), layer_types=types)
+
+    @property
+    def parameter_flags(self) -> dict:
+        """What besides the sizes decides the parameter count (see ``llmshearing.shape.count_parameters``)."""
+        return {"qkv_bias": self.qkv_bias, "o_bias": self.o_bias, "qk_norm": self.qk_norm}
+
     @property
     def is_uniform(self) -> bool:
         """Every layer has the same sizes (a plain LLaMA config)."""
@@ -91,7 +131,7 @@ class LlamaConfig:
             raise ConfigError(f"layer {index}: {sizes['num_attention_heads']} attention heads are not divisible "
                               f"into {sizes['num_key_value_heads']} key/value heads")
         no_lists = {name: None for name in PER_LAYER_FIELDS}
-        return dataclasses.replace(self, **sizes, **no_lists)
+        return dataclasses.replace(self, **sizes, **no_lists, layer_types=None)
 
     def require_uniform(self, what: str) -> None:
         if not self.is_uniform:
@@ -118,39 +158,24 @@ class LlamaConfig:
 
     @classmethod
     def from_hf(cls, hf_config) -> "LlamaConfig":
-        """Build from a `transformers` config (LLaMA-2/3, Mistral-style, SmolLM2)."""
+        """Build from a `transformers` config of a supported family (llmshearing.model.families)."""
+        from llmshearing.model.families import family_fields
+
         hf = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
-        model_type = hf.get("model_type", "llama")
-        if model_type not in ("llama", "mistral"):
-            raise ConfigError(f"model_type {model_type!r} is not supported (llama or mistral)")
-        if hf.get("attention_bias") or hf.get("mlp_bias"):
-            raise ConfigError("models with attention/MLP biases are not supported")
-        if hf.get("hidden_act", "silu") != "silu":
-            raise ConfigError(f"hidden_act {hf.get('hidden_act')!r} is not supported (silu)")
-        if model_type == "mistral" and hf.get("sliding_window"):
-            max_pos = hf.get("max_position_embeddings", 4096)
-            if hf["sliding_window"] < max_pos:
-                raise ConfigError("Mistral sliding-window attention is not supported")
+        family = family_fields(hf)
         names = {f.name for f in dataclasses.fields(cls) if f.metadata.get("hf", True)}
         values = {k: hf[k] for k in names if hf.get(k) is not None}
         values["rope_scaling"] = hf.get("rope_scaling")
         values["rope_theta"] = hf.get("rope_theta", 10000.0)
-        return cls(**values)
+        return cls(**values, **family)
 
     def to_hf(self):
-        """A `transformers.LlamaConfig` describing the same model."""
-        from transformers import LlamaConfig as HFLlamaConfig
+        """The family's `transformers` config (LlamaConfig, Qwen3Config, ...) describing the same model."""
+        from llmshearing.model.families import hf_config_class, hf_family_values
 
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("hf", True)}
         values = {k: v for k, v in values.items() if not (k in PER_LAYER_FIELDS and v is None)}
-        return HFLlamaConfig(
-            **values,
-            hidden_act="silu",
-            attention_bias=False,
-            mlp_bias=False,
-            architectures=["LlamaForCausalLM"],
-            torch_dtype="float32",
-        )
+        return hf_config_class(self)(**values, **hf_family_values(self), hidden_act="silu", torch_dtype="float32")
 
 
 # per-layer list → the scalar field it refines

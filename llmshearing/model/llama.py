@@ -1,4 +1,5 @@
-"""The one LLaMA model: plain PyTorch, HF parameter names, optional pruning masks.
+"""The one model (LLaMA, Mistral, Qwen2/2.5, Qwen3: family flags of LlamaConfig): plain PyTorch, HF
+parameter names, optional pruning masks.
 
 Each decoder layer is built from its own sizes (``LlamaConfig.layer_config``), so a config with
 per-layer sizes gives layers of different widths. Masks are multiplied in at fixed points (they
@@ -51,23 +52,32 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig, window: Optional[int] = None):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         self.attn_impl = config.attn_impl
+        self.window = window  # sliding-window attention: a query sees itself and the window - 1 tokens before
         d = config.hidden_size
-        self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=False)
+        self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=config.o_bias)
+        if config.qk_norm:  # one RMSNorm over head_dim, shared by every head (kept whole when heads go)
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+
+    def _heads(self, projection: nn.Linear, x, count: int, norm: Optional[nn.Module] = None):
+        batch, seq, _ = x.shape
+        heads = projection(x).view(batch, seq, count, self.head_dim)
+        return (heads if norm is None else norm(heads)).transpose(1, 2)
 
     def forward(self, x, cos, sin, head_z: Optional[torch.Tensor] = None):
         batch, seq, _ = x.shape
-        q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = self._heads(self.q_proj, x, self.num_heads, getattr(self, "q_norm", None))
+        k = self._heads(self.k_proj, x, self.num_kv_heads, getattr(self, "k_norm", None))
+        v = self._heads(self.v_proj, x, self.num_kv_heads)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = self._attend(q, k, v)  # [batch, heads, seq, head_dim]
         if head_z is not None:
@@ -76,14 +86,27 @@ class Attention(nn.Module):
         return self.o_proj(out)
 
     def _attend(self, q, k, v):
+        seq = q.shape[2]
+        windowed = self.window is not None and seq > self.window
         if self.attn_impl == "flash_attn" and flash_attn_func is not None and q.is_cuda:
-            out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+            window = (self.window - 1, 0) if windowed else (-1, -1)
+            out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True,
+                                  window_size=window)
             return out.transpose(1, 2)
         groups = self.num_heads // self.num_kv_heads
         if groups > 1:
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
+        if windowed:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window_mask(seq, self.window, q.device))
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def sliding_window_mask(seq: int, window: int, device) -> torch.Tensor:
+    """[seq, seq] bool, True where query i may attend key j: j <= i and i - j < window (as transformers)."""
+    positions = torch.arange(seq, device=device)
+    distance = positions[:, None] - positions[None, :]
+    return (distance >= 0) & (distance < window)
 
 
 class MLP(nn.Module):
@@ -109,9 +132,9 @@ def _scale(x: torch.Tensor, *factors: Optional[torch.Tensor]) -> torch.Tensor:
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig, window: Optional[int] = None):
         super().__init__()
-        self.self_attn = Attention(config)
+        self.self_attn = Attention(config, window)
         self.mlp = MLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -133,7 +156,8 @@ class LlamaModel(nn.Module):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config.layer_config(i)) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config.layer_config(i), config.window_of(i))
+                                    for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         # a plain fp32 attribute, not a buffer: casting the model (``.to(bfloat16)``, FSDP's buffer
         # dtype) would round the frequencies and shift every rotation angle at long positions
@@ -194,6 +218,8 @@ class LlamaForCausalLM(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 

@@ -314,6 +314,7 @@ class L0Module(nn.Module):
             intermediate_size=layer_mean(scores["intermediate"].sum(1)),
             head_dim=self.source.head_dim,
             tie_word_embeddings=self.source.tie_word_embeddings,
+            **self.source.parameter_flags,
         )
 
     # ---- Lagrangian -------------------------------------------------------------------------------

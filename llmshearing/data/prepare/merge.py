@@ -74,8 +74,10 @@ def merge_domain(paths: PreparePaths, domain: str, unit_ids: list[str], splits: 
         selection = select_rows([(record["unit"], record["splits"][split]["rows"]) for record in records],
                                 budget)
         if selection.available_rows == 0:
+            pool = (f", a larger --eval-pool-fraction (now {eval_fraction:.3g})" if split == "eval" else "")
             raise PrepareError(f"domain '{domain}' gives no complete {split} sample of {seq_len} tokens "
-                               f"({stats['documents_read']} documents read); give it more text, or lower --seq-len")
+                               f"({stats['documents_read']} documents read); give it more text{pool}, "
+                               "or lower --seq-len")
         if budget is not None and selection.rows < budget:
             if short_policy == "error":
                 train_rows = sum(record["splits"]["train"]["rows"] for record in records)

@@ -64,7 +64,7 @@ def claim_output(paths: PreparePaths, options: dict, overwrite: bool, log) -> No
             raise PrepareError(f"{out} already holds a prepared corpus (manifest.json); pass --overwrite to "
                                "replace it, or choose another --out")
         else:
-            _check_same_options(paths, options)
+            _check_same_options(paths, options, log)
     elif out.is_dir() and any(out.iterdir()):
         raise PrepareError(f"--out {out} is not empty and holds no corpus prepared by this command; "
                            "choose a new or empty folder (nothing was changed)")
@@ -73,11 +73,22 @@ def claim_output(paths: PreparePaths, options: dict, overwrite: bool, log) -> No
     write_json_atomically(paths.options, options)
 
 
-def _check_same_options(paths: PreparePaths, options: dict) -> None:
+def _keeps_prepared_units(key: str, earlier, now) -> bool:
+    """A setting a re-run may change and keep the prepared units: --short-domains is applied by the
+    merge only, and --skip-bad-records may be turned on (the units prepared without it had none)."""
+    return key == "short_domains" or (key == "skip_bad_records" and earlier is False and now is True)
+
+
+def _check_same_options(paths: PreparePaths, options: dict, log) -> None:
     earlier = read_json(paths.options)
     if earlier == options:
         return
     differing = sorted(key for key in set(earlier) | set(options) if earlier.get(key) != options.get(key))
+    if all(_keeps_prepared_units(key, earlier.get(key), options.get(key)) for key in differing):
+        # what the failed run's error told the user to pass: its prepared units stay
+        write_json_atomically(paths.options, options)
+        log(f"{paths.out_dir}: resuming with {', '.join(f'{key}={options[key]}' for key in differing)}")
+        return
     raise PrepareError(f"{paths.out_dir} holds an unfinished preparation with other settings "
                        f"(differing: {', '.join(differing)}); re-run it with the same command to resume, "
                        "or pass --overwrite to start over")
