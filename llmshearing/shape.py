@@ -65,14 +65,24 @@ class TargetShape:
         if self.num_attention_heads % self.num_key_value_heads:
             raise ShapeError(
                 f"target num_attention_heads={self.num_attention_heads} is not divisible into "
-                f"num_key_value_heads={self.num_key_value_heads} groups"
+                f"num_key_value_heads={self.num_key_value_heads} groups; nearest valid: {self._nearest_heads(source)}"
             )
         if self.query_groups > source.query_groups:
             raise ShapeError(
                 f"target has {self.query_groups} query heads per KV head but the source has only "
                 f"{source.query_groups}: query heads cannot be added to a KV group "
-                f"(use num_key_value_heads >= {-(-self.num_attention_heads // source.query_groups)})"
+                f"(use num_key_value_heads >= {-(-self.num_attention_heads // source.query_groups)}); "
+                f"nearest valid: {self._nearest_heads(source)}"
             )
+
+    def _nearest_heads(self, source: LlamaConfig, count: int = 3) -> str:
+        """The valid (query heads, KV heads) pairs of ``source`` closest to this target's: whole KV groups,
+        each keeping the same number of its query heads."""
+        pairs = [(kv * per_group, kv) for kv in range(1, source.num_key_value_heads + 1)
+                 for per_group in range(1, source.query_groups + 1)]
+        pairs.sort(key=lambda pair: (abs(pair[0] - self.num_attention_heads) + abs(pair[1] - self.num_key_value_heads),
+                                     -pair[0]))
+        return " or ".join(f"num_attention_heads={heads} with num_key_value_heads={kv}" for heads, kv in pairs[:count])
 
     def config_for(self, source: LlamaConfig, layers: Sequence[int] | None = None) -> LlamaConfig:
         """The source config with this shape's dimensions (head_dim kept); ``layers`` are the kept

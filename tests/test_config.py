@@ -6,6 +6,7 @@ from llmshearing.model import LlamaConfig
 from llmshearing.shape import TargetShape
 
 YAMLS = ["yamls/prune_2.7b.yaml", "yamls/prune_1.3b.yaml", "yamls/prune_llama3.1_8b_to_4b.yaml",
+         "yamls/prune_qwen3_8b_to_4b.yaml",
          "yamls/demo_smollm2_prune.yaml", "yamls/tiny_prune.yaml"]
 
 
@@ -38,6 +39,24 @@ def test_llama3_yaml_prunes_a_gqa_source_to_the_minitron_4b_width_shape():
                                     num_hidden_layers=32, intermediate_size=9216)  # Llama-3.1-Minitron-4B-Width
     assert round(config_parameters(target.config_for(llama31_8b)) / 1e9, 2) == 4.51
     assert cfg.dynamic_loading.reference_losses_file and cfg.max_duration == "3200ba"
+
+
+def test_qwen3_yaml_prunes_qwen3_8b_to_qwen3_4b_width():
+    from llmshearing.shape import config_parameters
+
+    qwen3_8b = LlamaConfig(model_type="qwen3", vocab_size=151936, hidden_size=4096, intermediate_size=12288,
+                           num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                           rope_theta=1000000.0, tie_word_embeddings=False, qk_norm=True)
+    assert round(config_parameters(qwen3_8b) / 1e9, 2) == 8.19  # Qwen3-8B's published 8.2B
+    cfg = load_config("yamls/prune_qwen3_8b_to_4b.yaml")
+    target = TargetShape.from_mapping(cfg.pruning.target, qwen3_8b)
+    target.validate_against(qwen3_8b)
+    assert target.to_dict() == dict(hidden_size=2560, num_attention_heads=32, num_key_value_heads=8,
+                                    num_hidden_layers=36, intermediate_size=9728)  # Qwen3-4B's width
+    pruned = target.config_for(qwen3_8b)
+    assert (pruned.model_type, pruned.qk_norm, pruned.head_dim) == ("qwen3", True, 128)
+    assert round(config_parameters(pruned) / 1e9, 2) == 4.41
+    assert type(pruned.to_hf()).__name__ == "Qwen3Config"
 
 
 def test_dot_list_overrides_apply():

@@ -128,3 +128,19 @@ def test_mlp_biases_are_refused(tmp_path):
     transformers.LlamaConfig(**COMMON, mlp_bias=True).save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="MLP biases"):
         load_model(tmp_path)
+
+
+def test_a_target_breaking_qwens_gqa_grouping_names_the_nearest_valid_shapes():
+    from llmshearing.errors import ShapeError
+    from llmshearing.model import LlamaConfig
+    from llmshearing.shape import TargetShape
+
+    qwen25_05b = LlamaConfig(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                             num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, qkv_bias=True)
+    target = TargetShape(hidden_size=640, num_attention_heads=9, num_key_value_heads=2, num_hidden_layers=20,
+                         intermediate_size=3000)
+    with pytest.raises(ShapeError) as error:
+        target.validate_against(qwen25_05b)
+    assert str(error.value).endswith("nearest valid: num_attention_heads=10 with num_key_value_heads=2 or "
+                                     "num_attention_heads=8 with num_key_value_heads=2 or "
+                                     "num_attention_heads=12 with num_key_value_heads=2")
