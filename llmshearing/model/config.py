@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from llmshearing.errors import ConfigError
+from llmshearing.model.rope import check_rope_scaling, hf_rope_values, longrope_scaling_from_hf
 
 
 @dataclass
@@ -61,6 +62,7 @@ class LlamaConfig:
                 f"num_attention_heads {self.num_attention_heads} is not divisible by "
                 f"num_key_value_heads {self.num_key_value_heads}"
             )
+        self.rope_scaling = check_rope_scaling(self.rope_scaling, self.head_dim)  # refused here, at conversion
         self._check_layer_types()
         if self.attn_impl not in ("sdpa", "flash_attn", "eager"):
             raise ConfigError(f"attn_impl must be sdpa, flash_attn or eager, got {self.attn_impl!r}")
@@ -165,7 +167,7 @@ class LlamaConfig:
         family = family_fields(hf)
         names = {f.name for f in dataclasses.fields(cls) if f.metadata.get("hf", True)}
         values = {k: hf[k] for k in names if hf.get(k) is not None}
-        values["rope_scaling"] = hf.get("rope_scaling")
+        values["rope_scaling"] = longrope_scaling_from_hf(hf)
         values["rope_theta"] = hf.get("rope_theta", 10000.0)
         return cls(**values, **family)
 
@@ -175,6 +177,7 @@ class LlamaConfig:
 
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("hf", True)}
         values = {k: v for k, v in values.items() if not (k in PER_LAYER_FIELDS and v is None)}
+        values.update(hf_rope_values(self.rope_scaling))
         return hf_config_class(self)(**values, **hf_family_values(self), hidden_act="silu", torch_dtype="float32")
 
 

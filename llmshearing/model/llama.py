@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmshearing.model.config import LlamaConfig
-from llmshearing.model.rope import apply_rope, rope_cos_sin, rope_inverse_frequencies
+from llmshearing.model.rope import RotaryEmbedding, apply_rope
 
 MASK_NAMES = ("layer_z", "head_layer_z", "head_z", "mlp_z", "intermediate_z", "hidden_z")
 Masks = Dict[str, torch.Tensor]
@@ -159,24 +159,27 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config.layer_config(i), config.window_of(i))
                                     for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        # a plain fp32 attribute, not a buffer: casting the model (``.to(bfloat16)``, FSDP's buffer
-        # dtype) would round the frequencies and shift every rotation angle at long positions
-        self._rope_args = (config.head_dim, config.rope_theta, config.rope_scaling)
-        self._rope_inv_freq = torch.empty(0, device="meta")
+        # a plain object holding fp32 tensors, not a buffer: casting the model (``.to(bfloat16)``, FSDP's
+        # buffer dtype) would round the frequencies and shift every rotation angle at long positions
+        self._rope = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling,
+                                     config.max_position_embeddings)
         self.gradient_checkpointing = False
 
-    def rope_inv_freq(self, device: torch.device) -> torch.Tensor:
-        """RoPE inverse frequencies in fp32 on ``device`` (computed there once)."""
-        if self._rope_inv_freq.device != device:
-            self._rope_inv_freq = rope_inverse_frequencies(*self._rope_args).to(device)
-        return self._rope_inv_freq
+    def rope_inv_freq(self, device: torch.device, seq_len: Optional[int] = None) -> torch.Tensor:
+        """RoPE inverse frequencies in fp32 on ``device`` for a forward over ``seq_len`` positions (None: a
+        short one; dynamic and longrope scaling depend on it), computed once per device and variant."""
+        return self._rope.frequencies(device, seq_len)[0]
+
+    def rope_cos_sin(self, positions: torch.Tensor, dtype: torch.dtype, seq_len: Optional[int] = None):
+        """cos/sin for ``positions`` (attention factor of yarn/longrope applied), as the forward uses them."""
+        return self._rope.cos_sin(positions, dtype, seq_len)
 
     def forward(self, input_ids: torch.Tensor, masks: Optional[Masks] = None) -> torch.Tensor:
         masks = masks or {}
         hidden_z = masks.get("hidden_z")
         h = _scale(self.embed_tokens(input_ids), hidden_z)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        cos, sin = rope_cos_sin(self.rope_inv_freq(input_ids.device), positions, h.dtype)
+        cos, sin = self.rope_cos_sin(positions, h.dtype)
         for index, layer in enumerate(self.layers):
             if self.gradient_checkpointing and self.training:
                 h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, masks, index, use_reentrant=False)
