@@ -104,6 +104,7 @@ def count_parameters(
     qkv_bias: bool = False,
     o_bias: bool = False,
     qk_norm: bool = False,
+    sandwich_norms: bool = False,
 ) -> Number:
     """Exact parameter count of a model of the one architecture (floats allowed for expected sizes)."""
     per_layer = (
@@ -114,6 +115,7 @@ def count_parameters(
         + (num_attention_heads + 2 * num_key_value_heads) * head_dim * qkv_bias
         + hidden_size * o_bias
         + 2 * head_dim * qk_norm  # q_norm, k_norm (shared by the heads)
+        + 2 * hidden_size * sandwich_norms  # Gemma's norms after attention and MLP
     )
     embeddings = vocab_size * hidden_size * (1 if tie_word_embeddings else 2)
     return num_hidden_layers * per_layer + embeddings + hidden_size

@@ -41,6 +41,15 @@ def _head_columns(weight: torch.Tensor, heads: torch.Tensor, head_dim: int) -> t
     return blocks.reshape(out_features, -1)
 
 
+def _copy_norm(dst, src, hidden: torch.Tensor, factor: Optional[torch.Tensor] = None) -> None:
+    """The kept channels of an RMSNorm, with ``factor`` folded into its per-channel scale (for a Gemma
+    norm, which multiplies by 1 + weight, the stored weight is that scale minus one)."""
+    scale = src.scale().index_select(0, hidden).float()
+    if factor is not None:
+        scale = scale * factor
+    dst.weight.copy_(scale - 1.0 if dst.plus_one else scale)
+
+
 @contextlib.contextmanager
 def _replaced_weights(model: LlamaForCausalLM, weights: Optional[Dict[str, torch.Tensor]]):
     """The model's parameters temporarily hold the plan's replacement weights (restored afterwards)."""
@@ -86,8 +95,16 @@ def _slice(model: LlamaForCausalLM, plan: PruningPlan) -> LlamaForCausalLM:
     sliced = LlamaForCausalLM.empty(target_config, device=device, dtype=dtype)
     src, dst = model.model, sliced.model
     embed = src.embed_tokens.weight.index_select(1, hidden).float() * hidden_scale
+    final_norm_factor = None
+    if source.scale_embeddings:
+        # Gemma multiplies the embeddings by √hidden_size, a smaller number in the sliced model; the ratio goes
+        # into the table, and, when the table is also lm_head, back out of the final norm
+        ratio = (source.hidden_size / target_config.hidden_size) ** 0.5
+        embed = embed * ratio
+        if target_config.tie_word_embeddings:
+            final_norm_factor = torch.full_like(hidden_scale, 1.0 / ratio)
     dst.embed_tokens.weight.copy_(embed)
-    dst.norm.weight.copy_(src.norm.weight.index_select(0, hidden))
+    _copy_norm(dst.norm, src.norm, hidden, final_norm_factor)
     if not target_config.tie_word_embeddings:
         # the masked model scales lm_head's input by hidden_z once; fold that scale in once
         sliced.lm_head.weight.copy_(model.lm_head.weight.index_select(1, hidden).float() * hidden_scale)
@@ -104,8 +121,19 @@ def _slice_layer(src, dst, plan: LayerPlan, hidden, hidden_scale, head_dim):
     head_scale = _scale_vector(plan.head_scale, len(plan.kept_heads), hidden_scale)
     neuron_scale = _scale_vector(plan.neuron_scale, len(plan.kept_neurons), hidden_scale)
 
-    dst.input_layernorm.weight.copy_(src.input_layernorm.weight.index_select(0, hidden))
-    dst.post_attention_layernorm.weight.copy_(src.post_attention_layernorm.weight.index_select(0, hidden))
+    _copy_norm(dst.input_layernorm, src.input_layernorm, hidden)
+    # the masked model scales each block's output by its masks; with Gemma's output norms that scale goes into
+    # the output norm (a norm would undo it before), else into o_proj / down_proj
+    sandwich = src.sandwich
+    attn_out = hidden_scale * plan.attn_scale
+    mlp_out = hidden_scale * plan.mlp_scale
+    if sandwich:
+        _copy_norm(dst.post_attention_layernorm, src.post_attention_layernorm, hidden, attn_out)
+        _copy_norm(dst.pre_feedforward_layernorm, src.pre_feedforward_layernorm, hidden)
+        _copy_norm(dst.post_feedforward_layernorm, src.post_feedforward_layernorm, hidden, mlp_out)
+        attn_out = mlp_out = hidden_scale  # the output norms' inputs carry the hidden mask only
+    else:
+        _copy_norm(dst.post_attention_layernorm, src.post_attention_layernorm, hidden)
 
     attn_src, attn_dst = src.self_attn, dst.self_attn
     for name, kept in (("q_proj", heads), ("k_proj", kv_heads), ("v_proj", kv_heads)):
@@ -118,12 +146,12 @@ def _slice_layer(src, dst, plan: LayerPlan, hidden, hidden_scale, head_dim):
             getattr(attn_dst, name).weight.copy_(getattr(attn_src, name).weight)
     o_proj = _head_columns(attn_src.o_proj.weight.index_select(0, hidden), heads, head_dim).float()
     o_proj = o_proj * head_scale.repeat_interleave(head_dim)[None, :]
-    attn_dst.o_proj.weight.copy_(o_proj * (hidden_scale * plan.attn_scale)[:, None])
+    attn_dst.o_proj.weight.copy_(o_proj * attn_out[:, None])
     if attn_src.o_proj.bias is not None:  # the masked model scales the block's whole output, bias included
-        attn_dst.o_proj.bias.copy_(attn_src.o_proj.bias.index_select(0, hidden).float() * hidden_scale * plan.attn_scale)
+        attn_dst.o_proj.bias.copy_(attn_src.o_proj.bias.index_select(0, hidden).float() * attn_out)
 
     mlp_src, mlp_dst = src.mlp, dst.mlp
     mlp_dst.gate_proj.weight.copy_(mlp_src.gate_proj.weight.index_select(0, neurons).index_select(1, hidden))
     mlp_dst.up_proj.weight.copy_(mlp_src.up_proj.weight.index_select(0, neurons).index_select(1, hidden))
     down = mlp_src.down_proj.weight.index_select(0, hidden).index_select(1, neurons).float()
-    mlp_dst.down_proj.weight.copy_(down * neuron_scale[None, :] * (hidden_scale * plan.mlp_scale)[:, None])
+    mlp_dst.down_proj.weight.copy_(down * neuron_scale[None, :] * mlp_out[:, None])

@@ -16,6 +16,7 @@ with, and ``head_dim`` is the same in every layer.
 import copy
 
 from torch import nn
+from transformers.models.gemma3 import modeling_gemma3
 from transformers.models.llama import modeling_llama
 from transformers.models.mistral import modeling_mistral
 from transformers.models.qwen2 import modeling_qwen2
@@ -38,9 +39,9 @@ def layer_config(config, index: int):
     return layer
 
 
-def _with_layer_sizes(family: str, module):
+def _with_layer_sizes(family: str, module, model_class: str = ""):
     """Subclasses of the family's model and causal-LM classes that build each layer with its own sizes."""
-    base_model = getattr(module, f"{family}Model")
+    base_model = getattr(module, model_class or f"{family}Model")
     base_lm = getattr(module, f"{family}ForCausalLM")
     decoder_layer = getattr(module, f"{family}DecoderLayer")
 
@@ -75,3 +76,5 @@ LlamaModelWithLayerSizes, LlamaForCausalLMWithLayerSizes = _with_layer_sizes("Ll
 MistralModelWithLayerSizes, MistralForCausalLMWithLayerSizes = _with_layer_sizes("Mistral", modeling_mistral)
 Qwen2ModelWithLayerSizes, Qwen2ForCausalLMWithLayerSizes = _with_layer_sizes("Qwen2", modeling_qwen2)
 Qwen3ModelWithLayerSizes, Qwen3ForCausalLMWithLayerSizes = _with_layer_sizes("Qwen3", modeling_qwen3)
+Gemma3ModelWithLayerSizes, Gemma3ForCausalLMWithLayerSizes = _with_layer_sizes("Gemma3", modeling_gemma3,
+                                                                                "Gemma3TextModel")

@@ -45,6 +45,12 @@ class LlamaConfig:
     qk_norm: bool = field(default=False, metadata={"hf": False})  # RMSNorm over head_dim on q and k (Qwen3)
     sliding_window: Optional[int] = field(default=None, metadata={"hf": False})
     layer_types: Optional[List[str]] = field(default=None, metadata={"hf": False})  # None: no layer slides
+    hidden_act: str = field(default="silu", metadata={"hf": False})  # silu | gelu_pytorch_tanh (Gemma)
+    norm_plus_one: bool = field(default=False, metadata={"hf": False})  # RMSNorm scales by 1 + weight (Gemma)
+    scale_embeddings: bool = field(default=False, metadata={"hf": False})  # embeddings × √hidden_size (Gemma)
+    sandwich_norms: bool = field(default=False, metadata={"hf": False})  # norms after attention and MLP too (Gemma)
+    query_pre_attn_scalar: Optional[float] = field(default=None, metadata={"hf": False})  # scores × it^-0.5 (Gemma)
+    rope_local_theta: Optional[float] = field(default=None, metadata={"hf": False})  # sliding layers' RoPE base (Gemma 3)
 
     def __post_init__(self):
         self._check_per_layer_sizes()
@@ -118,7 +124,8 @@ class LlamaConfig:
     @property
     def parameter_flags(self) -> dict:
         """What besides the sizes decides the parameter count (see ``llmshearing.shape.count_parameters``)."""
-        return {"qkv_bias": self.qkv_bias, "o_bias": self.o_bias, "qk_norm": self.qk_norm}
+        return {"qkv_bias": self.qkv_bias, "o_bias": self.o_bias, "qk_norm": self.qk_norm,
+                "sandwich_norms": self.sandwich_norms}
 
     @property
     def is_uniform(self) -> bool:
@@ -178,7 +185,7 @@ class LlamaConfig:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("hf", True)}
         values = {k: v for k, v in values.items() if not (k in PER_LAYER_FIELDS and v is None)}
         values.update(hf_rope_values(self.rope_scaling))
-        return hf_config_class(self)(**values, **hf_family_values(self), hidden_act="silu", torch_dtype="float32")
+        return hf_config_class(self)(**values, **hf_family_values(self), torch_dtype="float32")
 
 
 # per-layer list → the scalar field it refines

@@ -2,12 +2,13 @@
 
 A family is a set of flags of the one model (litgpt style), not a model file of its own:
 
-| model_type | q/k/v bias | o bias | q/k RMSNorm | sliding window |
-|---|---|---|---|---|
-| llama (LLaMA-2/3.x, SmolLM2) | attention_bias | attention_bias | - | - |
-| mistral (Mistral, Mistral-NeMo) | - | - | - | sliding_window on every layer |
-| qwen2 (Qwen2, Qwen2.5) | yes | - | - | layer_types |
-| qwen3 (dense) | attention_bias | attention_bias | yes | layer_types |
+| model_type | q/k/v bias | o bias | q/k RMSNorm | sliding window | other |
+|---|---|---|---|---|---|
+| llama (LLaMA-2/3.x, SmolLM2) | attention_bias | attention_bias | - | - | |
+| mistral (Mistral, Mistral-NeMo) | - | - | - | sliding_window on every layer | |
+| qwen2 (Qwen2, Qwen2.5) | yes | - | - | layer_types | |
+| qwen3 (dense) | attention_bias | attention_bias | yes | layer_types | |
+| gemma3_text (Gemma 3) | attention_bias | attention_bias | yes (1 + w) | layer_types | RMSNorm × (1 + w), embeddings × √hidden, norms after attention and MLP, GELU-tanh, query_pre_attn_scalar, local RoPE base |
 
 Everything else (head_dim, rope, tied embeddings, GQA) is a plain field of ``LlamaConfig``.
 """
@@ -30,6 +31,11 @@ class Family:
     o_bias: Callable[[dict], bool]
     qk_norm: bool = False
     window: str = "none"  # none | every_layer (sliding_window applies to all) | layer_types
+    gemma: bool = False  # the Gemma 3 flags (see the table above)
+
+    @property
+    def activation_key(self) -> str:
+        return "hidden_activation" if self.gemma else "hidden_act"
 
 
 def _attention_bias(hf: dict) -> bool:
@@ -43,10 +49,16 @@ FAMILIES = {family.model_type: family for family in (
     Family("qwen2", "Qwen2Config", "Qwen2ForCausalLM", lambda hf: True, lambda hf: False, window="layer_types"),
     Family("qwen3", "Qwen3Config", "Qwen3ForCausalLM", _attention_bias, _attention_bias, qk_norm=True,
            window="layer_types"),
+    Family("gemma3_text", "Gemma3TextConfig", "Gemma3ForCausalLM", _attention_bias, _attention_bias, qk_norm=True,
+           window="layer_types", gemma=True),
 )}
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 
 
 def family_of(model_type: str) -> Family:
+    if model_type == "gemma3":
+        raise ConfigError("model_type 'gemma3' is Gemma 3 with its vision tower; prune its text model: save "
+                          "Gemma3ForCausalLM.from_pretrained(DIR) (model_type gemma3_text) and give that folder")
     if model_type not in FAMILIES:
         raise ConfigError(f"model_type {model_type!r} is not supported; supported: {', '.join(FAMILIES)} "
                           "(mixture-of-experts and other architectures are not)")
@@ -54,17 +66,28 @@ def family_of(model_type: str) -> Family:
 
 
 def family_fields(hf: dict) -> dict:
-    """Our family fields (model_type, biases, q/k norm, sliding window) from an HF config dict."""
+    """Our family fields (model_type, biases, norms, activation, sliding window ...) from an HF config dict."""
     family = family_of(hf.get("model_type", "llama"))
     if hf.get("mlp_bias"):
         raise ConfigError(f"{family.model_type} models with MLP biases (mlp_bias: true) are not supported")
-    act = hf.get("hidden_act", hf.get("hidden_activation", "silu"))
-    if act != "silu":
-        raise ConfigError(f"hidden_act {act!r} is not supported for {family.model_type} (silu)")
+    act = hf.get(family.activation_key) or "silu"
+    if act not in ACTIVATIONS:
+        raise ConfigError(f"{family.activation_key} {act!r} is not supported for {family.model_type} "
+                          f"(supported: {', '.join(ACTIVATIONS)})")
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if hf.get(key) is not None:
+            raise ConfigError(f"{key} ({hf[key]}) is not supported (Gemma 2 style soft-capping)")
+    if hf.get("use_bidirectional_attention"):
+        raise ConfigError("use_bidirectional_attention: true is an encoder setting; only causal models are supported")
     layer_types = _layer_types(family, hf)
-    return {"model_type": family.model_type, "qkv_bias": family.qkv_bias(hf), "o_bias": family.o_bias(hf),
-            "qk_norm": family.qk_norm, "layer_types": layer_types,
-            "sliding_window": hf.get("sliding_window") if layer_types and SLIDING in layer_types else None}
+    fields = {"model_type": family.model_type, "qkv_bias": family.qkv_bias(hf), "o_bias": family.o_bias(hf),
+              "qk_norm": family.qk_norm, "layer_types": layer_types, "hidden_act": act,
+              "sliding_window": hf.get("sliding_window") if layer_types and SLIDING in layer_types else None}
+    if family.gemma:
+        fields.update(norm_plus_one=True, scale_embeddings=True, sandwich_norms=True,
+                      query_pre_attn_scalar=hf.get("query_pre_attn_scalar"),
+                      rope_local_theta=hf.get("rope_local_base_freq", 10000.0))
+    return fields
 
 
 def _layer_types(family: Family, hf: dict) -> Optional[List[str]]:
@@ -81,23 +104,34 @@ def _layer_types(family: Family, hf: dict) -> Optional[List[str]]:
 def hf_family_values(config) -> dict:
     """The HF config keys that carry our family fields, for ``config.model_type``'s config class."""
     family = family_of(config.model_type)
-    values: dict = {"architectures": [family.architecture]}
-    if family.model_type in ("llama", "qwen3"):
-        if config.qkv_bias != config.o_bias:
-            raise ConfigError(f"{family.model_type} has one attention_bias for q/k/v and o")
+    _check_flags(family, config)
+    values: dict = {"architectures": [family.architecture], family.activation_key: config.hidden_act}
+    if family.model_type in ("llama", "qwen3", "gemma3_text"):
         values["attention_bias"] = config.qkv_bias
     if family.model_type == "llama":
         values["mlp_bias"] = False
-    if family.qk_norm != config.qk_norm or family.qkv_bias({"attention_bias": config.qkv_bias}) != config.qkv_bias:
-        raise ConfigError(f"this model's flags do not describe a {family.model_type} model")
     sliding = config.layer_types is not None and SLIDING in config.layer_types
+    all_types = list(config.layer_types) if sliding else [FULL] * config.num_hidden_layers
     if family.window == "every_layer":
         values["sliding_window"] = config.sliding_window if sliding else None
+    elif family.gemma:
+        values.update(sliding_window=config.sliding_window, layer_types=all_types,
+                      query_pre_attn_scalar=config.query_pre_attn_scalar, rope_local_base_freq=config.rope_local_theta,
+                      final_logit_softcapping=None, attn_logit_softcapping=None)
     elif family.window == "layer_types":
         values.update(use_sliding_window=sliding, sliding_window=config.sliding_window if sliding else None,
-                      layer_types=list(config.layer_types) if sliding else [FULL] * config.num_hidden_layers,
-                      max_window_layers=config.num_hidden_layers)
+                      layer_types=all_types, max_window_layers=config.num_hidden_layers)
     return values
+
+
+def _check_flags(family: Family, config) -> None:
+    expected = {"qk_norm": family.qk_norm, "qkv_bias": family.qkv_bias({"attention_bias": config.qkv_bias}),
+                "norm_plus_one": family.gemma, "scale_embeddings": family.gemma, "sandwich_norms": family.gemma}
+    wrong = [name for name, value in expected.items() if getattr(config, name) != value]
+    if family.model_type in ("llama", "qwen3", "gemma3_text") and config.qkv_bias != config.o_bias:
+        wrong.append("o_bias (one attention_bias for q/k/v and o)")
+    if wrong:
+        raise ConfigError(f"this model's flags {wrong} do not describe a {family.model_type} model")
 
 
 def hf_config_class(config):

@@ -32,10 +32,17 @@ except Exception:  # noqa: BLE001 - any import failure just disables the option
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float):
+    """RMSNorm; ``plus_one`` (Gemma) scales by 1 + weight, in fp32 before the cast back, as Gemma does."""
+
+    def __init__(self, size: int, eps: float, plus_one: bool = False):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
+        self.plus_one = plus_one
+        self.weight = nn.Parameter(torch.zeros(size) if plus_one else torch.ones(size))
         self.eps = eps
+
+    def scale(self) -> torch.Tensor:
+        """The per-channel factor the normalised input is multiplied by."""
+        return 1.0 + self.weight.float() if self.plus_one else self.weight
 
     def forward(self, x: torch.Tensor, hidden_z: Optional[torch.Tensor] = None) -> torch.Tensor:
         dtype = x.dtype
@@ -48,6 +55,8 @@ class RMSNorm(nn.Module):
             kept = torch.count_nonzero(hidden_z).clamp(min=1)
             variance = squares.sum(-1, keepdim=True) / kept
         x = x * torch.rsqrt(variance + self.eps)
+        if self.plus_one:
+            return (x * self.scale()).to(dtype)
         return self.weight * x.to(dtype)
 
 
@@ -59,14 +68,16 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         self.attn_impl = config.attn_impl
         self.window = window  # sliding-window attention: a query sees itself and the window - 1 tokens before
+        # Gemma scales the scores by query_pre_attn_scalar ** -0.5 instead of head_dim ** -0.5
+        self.scale = None if config.query_pre_attn_scalar is None else config.query_pre_attn_scalar ** -0.5
         d = config.hidden_size
         self.q_proj = nn.Linear(d, self.num_heads * self.head_dim, bias=config.qkv_bias)
         self.k_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=config.qkv_bias)
         self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=config.o_bias)
         if config.qk_norm:  # one RMSNorm over head_dim, shared by every head (kept whole when heads go)
-            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
-            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, config.norm_plus_one)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, config.norm_plus_one)
 
     def _heads(self, projection: nn.Linear, x, count: int, norm: Optional[nn.Module] = None):
         batch, seq, _ = x.shape
@@ -91,15 +102,16 @@ class Attention(nn.Module):
         if self.attn_impl == "flash_attn" and flash_attn_func is not None and q.is_cuda:
             window = (self.window - 1, 0) if windowed else (-1, -1)
             out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True,
-                                  window_size=window)
+                                  window_size=window, softmax_scale=self.scale)
             return out.transpose(1, 2)
         groups = self.num_heads // self.num_kv_heads
         if groups > 1:
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
         if windowed:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window_mask(seq, self.window, q.device))
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=sliding_window_mask(seq, self.window, q.device),
+                                                  scale=self.scale)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
 
 
 def sliding_window_mask(seq: int, window: int, device) -> torch.Tensor:
@@ -109,16 +121,20 @@ def sliding_window_mask(seq: int, window: int, device) -> torch.Tensor:
     return (distance >= 0) & (distance < window)
 
 
+ACTIVATIONS = {"silu": F.silu, "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
 class MLP(nn.Module):
     def __init__(self, config: LlamaConfig):
         super().__init__()
+        self.act = ACTIVATIONS[config.hidden_act]
         d, d_ff = config.hidden_size, config.intermediate_size
         self.gate_proj = nn.Linear(d, d_ff, bias=False)
         self.up_proj = nn.Linear(d, d_ff, bias=False)
         self.down_proj = nn.Linear(d_ff, d, bias=False)
 
     def forward(self, x, intermediate_z: Optional[torch.Tensor] = None):
-        h = F.silu(self.gate_proj(x)) * self.up_proj(x)
+        h = self.act(self.gate_proj(x)) * self.up_proj(x)
         if intermediate_z is not None:
             h = h * intermediate_z.to(h.dtype)
         return self.down_proj(h)
@@ -132,12 +148,24 @@ def _scale(x: torch.Tensor, *factors: Optional[torch.Tensor]) -> torch.Tensor:
 
 
 class DecoderLayer(nn.Module):
+    """Pre-norm residual blocks. With ``sandwich_norms`` (Gemma) each block's output is normalised too,
+    and the names follow Gemma: ``post_attention_layernorm`` is then the attention block's output norm and
+    ``pre_feedforward_layernorm`` the MLP's input norm (LLaMA's ``post_attention_layernorm``)."""
+
     def __init__(self, config: LlamaConfig, window: Optional[int] = None):
         super().__init__()
+        self.sandwich = config.sandwich_norms
         self.self_attn = Attention(config, window)
         self.mlp = MLP(config)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+        def norm():
+            return RMSNorm(config.hidden_size, config.rms_norm_eps, config.norm_plus_one)
+
+        self.input_layernorm = norm()
+        self.post_attention_layernorm = norm()
+        if self.sandwich:
+            self.pre_feedforward_layernorm = norm()
+            self.post_feedforward_layernorm = norm()
 
     def forward(self, h, cos, sin, masks: Masks, index: int):
         def pick(name):
@@ -147,8 +175,16 @@ class DecoderLayer(nn.Module):
         hidden_z = masks.get("hidden_z")
         layer_z = pick("layer_z")
         attn = self.self_attn(self.input_layernorm(h, hidden_z), cos, sin, head_z=pick("head_z"))
+        mlp_norm = self.post_attention_layernorm
+        if self.sandwich:
+            # pruned channels are zeroed before the output norm, whose variance runs over the kept ones; the
+            # block masks act after it (a norm would undo a scale applied before)
+            attn = self.post_attention_layernorm(_scale(attn, hidden_z), hidden_z)
+            mlp_norm = self.pre_feedforward_layernorm
         h = h + _scale(attn, pick("head_layer_z"), layer_z, hidden_z)
-        mlp = self.mlp(self.post_attention_layernorm(h, hidden_z), intermediate_z=pick("intermediate_z"))
+        mlp = self.mlp(mlp_norm(h, hidden_z), intermediate_z=pick("intermediate_z"))
+        if self.sandwich:
+            mlp = self.post_feedforward_layernorm(_scale(mlp, hidden_z), hidden_z)
         return h + _scale(mlp, pick("mlp_z"), layer_z, hidden_z)
 
 
@@ -156,13 +192,18 @@ class LlamaModel(nn.Module):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_scale = config.hidden_size ** 0.5 if config.scale_embeddings else None  # Gemma: × √hidden
         self.layers = nn.ModuleList(DecoderLayer(config.layer_config(i), config.window_of(i))
                                     for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, config.norm_plus_one)
         # a plain object holding fp32 tensors, not a buffer: casting the model (``.to(bfloat16)``, FSDP's
         # buffer dtype) would round the frequencies and shift every rotation angle at long positions
         self._rope = RotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling,
                                      config.max_position_embeddings)
+        # Gemma 3: sliding-window layers rotate with their own base and no scaling
+        self._local_rope = None if config.rope_local_theta is None else RotaryEmbedding(
+            config.head_dim, config.rope_local_theta, None, config.max_position_embeddings)
+        self._local_layers = [config.window_of(i) is not None for i in range(config.num_hidden_layers)]
         self.gradient_checkpointing = False
 
     def rope_inv_freq(self, device: torch.device, seq_len: Optional[int] = None) -> torch.Tensor:
@@ -177,10 +218,15 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, masks: Optional[Masks] = None) -> torch.Tensor:
         masks = masks or {}
         hidden_z = masks.get("hidden_z")
-        h = _scale(self.embed_tokens(input_ids), hidden_z)
+        h = self.embed_tokens(input_ids)
+        if self.embed_scale is not None:
+            h = h * torch.tensor(self.embed_scale, dtype=h.dtype)  # rounded to the weights' dtype, as transformers
+        h = _scale(h, hidden_z)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        cos, sin = self.rope_cos_sin(positions, h.dtype)
+        rotations = self.rope_cos_sin(positions, h.dtype)
+        local = rotations if self._local_rope is None else self._local_rope.cos_sin(positions, h.dtype, None)
         for index, layer in enumerate(self.layers):
+            cos, sin = local if self._local_layers[index] else rotations
             if self.gradient_checkpointing and self.training:
                 h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, masks, index, use_reentrant=False)
             else:
@@ -224,7 +270,7 @@ class LlamaForCausalLM(nn.Module):
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, RMSNorm):
-                nn.init.ones_(module.weight)
+                nn.init.constant_(module.weight, 0.0 if module.plus_one else 1.0)
 
     def forward(self, input_ids: torch.Tensor, masks: Optional[Masks] = None) -> torch.Tensor:
         """Logits [batch, seq, vocab]."""
