@@ -6,7 +6,7 @@ from llmshearing.model import LlamaConfig
 from llmshearing.shape import TargetShape
 
 YAMLS = ["yamls/prune_2.7b.yaml", "yamls/prune_1.3b.yaml", "yamls/prune_llama3.1_8b_to_4b.yaml",
-         "yamls/prune_qwen3_8b_to_4b.yaml",
+         "yamls/prune_qwen3_8b_to_4b.yaml", "yamls/prune_gemma3_12b_to_4b.yaml",
          "yamls/demo_smollm2_prune.yaml", "yamls/tiny_prune.yaml"]
 
 
@@ -57,6 +57,28 @@ def test_qwen3_yaml_prunes_qwen3_8b_to_qwen3_4b_width():
     assert (pruned.model_type, pruned.qk_norm, pruned.head_dim) == ("qwen3", True, 128)
     assert round(config_parameters(pruned) / 1e9, 2) == 4.41
     assert type(pruned.to_hf()).__name__ == "Qwen3Config"
+
+
+def test_gemma3_yaml_prunes_gemma3_12b_text_to_the_4b_shape():
+    from llmshearing.shape import config_parameters
+
+    gemma3_12b = LlamaConfig(
+        model_type="gemma3_text", vocab_size=262208, hidden_size=3840, intermediate_size=15360, num_hidden_layers=48,
+        num_attention_heads=16, num_key_value_heads=8, head_dim=256, rope_theta=1e6, tie_word_embeddings=True,
+        rope_scaling={"rope_type": "linear", "factor": 8.0}, qk_norm=True, hidden_act="gelu_pytorch_tanh",
+        norm_plus_one=True, scale_embeddings=True, sandwich_norms=True, query_pre_attn_scalar=256,
+        rope_local_theta=10000.0, sliding_window=1024, max_position_embeddings=131072,
+        layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 8)
+    assert round(config_parameters(gemma3_12b) / 1e9, 2) == 11.77  # Gemma-3-12B's text model
+    cfg = load_config("yamls/prune_gemma3_12b_to_4b.yaml")
+    target = TargetShape.from_mapping(cfg.pruning.target, gemma3_12b)
+    target.validate_against(gemma3_12b)
+    assert target.to_dict() == dict(hidden_size=2560, num_attention_heads=8, num_key_value_heads=4,
+                                    num_hidden_layers=34, intermediate_size=10240)  # Gemma-3-4B's text shape
+    pruned = target.config_for(gemma3_12b)
+    assert round(config_parameters(pruned) / 1e9, 2) == 3.88  # Gemma-3-4B's text model
+    assert (pruned.head_dim, pruned.query_pre_attn_scalar, pruned.sandwich_norms) == (256, 256, True)
+    assert type(pruned.to_hf()).__name__ == "Gemma3TextConfig"
 
 
 def test_dot_list_overrides_apply():

@@ -150,3 +150,9 @@ def test_a_target_breaking_qwens_gqa_grouping_names_the_nearest_valid_shapes():
     assert str(error.value).endswith("nearest valid: num_attention_heads=10 with num_key_value_heads=2 or "
                                      "num_attention_heads=8 with num_key_value_heads=2 or "
                                      "num_attention_heads=12 with num_key_value_heads=2")
+
+
+def test_gemma3_with_its_vision_tower_is_refused_naming_the_text_model_way(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3", "text_config": {}, "vision_config": {}}))
+    with pytest.raises(CheckpointError, match="save Gemma3ForCausalLM.from_pretrained"):
+        load_model(tmp_path)

@@ -193,6 +193,7 @@ def test_fsdp_settings_that_cannot_run_fail_with_one_line(sample_corpus):
 
 
 @pytest.mark.parametrize("name", ["prune_2.7b", "prune_1.3b", "prune_llama3.1_8b_to_4b", "prune_qwen3_8b_to_4b",
+                                  "prune_gemma3_12b_to_4b",
                                   "continue_pretrain_2.7b",
                                   "continue_pretrain_1.3b", "minitron_kd_llama3.1_8b_to_4b"])
 def test_paper_scale_yamls_shard_with_fsdp(name):
