@@ -317,8 +317,8 @@ def test_round_trip_multi_format(tmp_path, capsys, tokenizers_dir, bos):
                 ids = [by_tokens[segment] for segment in whole]  # KeyError: not a source document
                 positions = [order.index(doc_id) for doc_id in ids]
                 assert positions == sorted(positions), (domain, split, folder)
-                if tail:  # the unit's tail is cut: the start of the next document of the unit
-                    following = [doc_id for doc_id, tokens in ((i, t) for t, i in by_tokens.items())
+                if tail:  # the unit's tail is cut: the start of a later document of the unit
+                    following = [doc_id for tokens, doc_id in by_tokens.items()
                                  if tokens[:len(tail)] == tail and order.index(doc_id) > max(positions, default=-1)]
                     assert following, (domain, split, folder)
                     ids.append(min(following, key=order.index))
@@ -334,14 +334,18 @@ def test_round_trip_multi_format(tmp_path, capsys, tokenizers_dir, bos):
         assert len(documents["eval"]) > 0 and len(documents["train"]) > len(documents["eval"])
 
 
-def test_round_trip_smollm2(tmp_path, capsys):
+def test_round_trip_smollm2(tmp_path, capsys, monkeypatch):
     """The real SmolLM2 BPE tokenizer: decoded documents come back as the source texts."""
-    from llmshearing.assets import load_tokenizer
+    from llmshearing.assets import smollm2_gguf_path
+    from llmshearing.data.prepare import cli
 
     try:
-        tokenizer = load_tokenizer(None)
+        smollm2_gguf_path()
     except Exception as error:  # noqa: BLE001 - the package may be absent
         pytest.skip(f"SmolLM2 tokenizer unavailable: {error}")
+    loaded = []  # the command's own tokenizer, kept to check with (loading it takes seconds)
+    real_load = cli.load_tokenizer
+    monkeypatch.setattr(cli, "load_tokenizer", lambda *args: loaded.append(real_load(*args)) or loaded[-1])
     rng = random.Random(3)
     vocabulary = ["alpha", "beta", "gamma", "delta", "über", "naïve", "x=1;", "42", "\n", "  ", "日本"]
     texts = ["".join(rng.choice(vocabulary) + rng.choice([" ", "", ", "]) for _ in range(rng.randint(3, 20)))
@@ -354,6 +358,7 @@ def test_round_trip_smollm2(tmp_path, capsys):
                            "--no-progress", "--domain", f"mix={folder}", "--eval-tokens", 96,
                            "--eval-pool-fraction", 0.3)
     assert code == 0, err
+    tokenizer, = loaded
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["eos_token"] == SEP and manifest["bos_token_id"] is None
     encoded = {tuple(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts}
@@ -773,3 +778,24 @@ def test_training_loader_reads_the_prepared_corpus(tmp_path, capsys, tokenizers_
     evals = build_eval_dataloaders(out, ["a", "b"], batch_size=2, seq_len=SEQ)
     assert {domain: sum(len(batch["input_ids"]) for batch in loader) for domain, loader in evals.items()} == \
         {"a": 4, "b": 4}
+
+
+def test_workers_stop_when_the_run_ends_at_once(tokenizers_dir, monkeypatch):
+    """A pool ended right after it started (a resume with nothing left, an error at the first record)
+    stops its workers, also under a Python-level SIGTERM handler such as the one Composer installs."""
+    from transformers import AutoTokenizer
+
+    from llmshearing.data.prepare.tokenizing import DocumentEncoder, ParallelEncoder
+
+    previous = signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
+    try:
+        encoder = DocumentEncoder(AutoTokenizer.from_pretrained(str(tokenizers_dir["plain"])), np.uint16)
+        started = time.monotonic()
+        for _ in range(6):
+            with ParallelEncoder(encoder, 3) as parallel:
+                assert [tag for tag, _ in parallel.map([("x", ["w1 w2"])])] == ["x"]
+            with ParallelEncoder(encoder, 3):
+                pass
+        assert time.monotonic() - started < 60
+    finally:
+        signal.signal(signal.SIGTERM, previous)

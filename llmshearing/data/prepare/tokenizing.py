@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 from collections import deque
+from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
@@ -96,6 +99,25 @@ def _encode_in_worker(texts: list[str]) -> list[np.ndarray]:
     return _worker_encoder(texts)
 
 
+@contextmanager
+def _workers_start_with_default_sigterm() -> Iterator[None]:
+    """Fork the workers with SIGTERM's default action, so ``Pool.terminate()`` always stops them.
+
+    Composer installs a Python-level SIGTERM handler at import. A forked worker inherits it, and
+    CPython drops a signal that arrives before the child finished its after-fork setup; a worker
+    still starting when the run ends at once (nothing left to do on resume, an input error at the
+    first record) then waited for tasks forever and ``terminate()`` hung joining it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class ParallelEncoder:
     """Encodes batches of texts in ``workers`` processes (in this process when 1), in input order,
     holding at most ``IN_FLIGHT_PER_WORKER`` batches per worker."""
@@ -107,7 +129,8 @@ class ParallelEncoder:
     def __enter__(self) -> "ParallelEncoder":
         if self.workers > 1:
             context = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-            self._pool = context.Pool(self.workers, initializer=_start_worker, initargs=(self.encoder,))
+            with _workers_start_with_default_sigterm():
+                self._pool = context.Pool(self.workers, initializer=_start_worker, initargs=(self.encoder,))
         return self
 
     def __exit__(self, *exc_info) -> None:

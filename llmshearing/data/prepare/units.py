@@ -106,4 +106,6 @@ def split_draw(eval_tokens: int, train_tokens: int | None, cpt_tokens: int | Non
     if eval_fraction is None:
         eval_fraction = min(MAX_EVAL_FRACTION, EVAL_POOL_MARGIN * eval_tokens / total)
     cpt_fraction = 0.0 if not cpt_tokens else (1 - eval_fraction) * cpt_tokens / (cpt_tokens + train)
+    if cpt_tokens and train_tokens is None:  # train takes the rest: cpt, sized from an estimate, gets eval's margin
+        cpt_fraction = min(EVAL_POOL_MARGIN * cpt_fraction, (1 - eval_fraction) / 2)
     return SplitDraw(round(eval_fraction, 12), round(cpt_fraction, 12))
