@@ -17,7 +17,7 @@
    merge are excluded, and reported in the end-to-end wall time). HF on one thread
    (TOKENIZERS_PARALLELISM=false) is measured once as the per-core reference.
 3. Memory: peak RSS of the prepare process tree (``os.wait4``'s ``ru_maxrss``: the largest single
-   process of the tree, main or worker) and the peak of the tree's summed PSS (sampled every 0.25 s
+   process of the tree, main or worker) and the peak of the tree's summed PSS (sampled every 0.1 s
    from /proc) for the ``--input-mb`` input vs a generated ``--big-gb`` input (streamed to disk),
    prepared with the largest ``--workers``. The big input is shrunk so that, at the speed just
    measured, its run takes about ``--big-max-seconds`` at most (and it fits on the disk); the size
@@ -53,7 +53,7 @@ DOC_BYTES = (1024, 20 * 1024)
 CODE_SHARE = 0.25
 GB = 10**9
 MB = 10**6
-SAMPLE_INTERVAL_S = 0.25
+SAMPLE_INTERVAL_S = 0.1
 ENGLISH_SOURCES = ("/usr/share/common-licenses/*", "/usr/share/doc/*/copyright")
 CODE_SOURCES = (f"{Path(os.__file__).parent}/**/*.py",)
 
@@ -209,8 +209,9 @@ class TreeSampler(threading.Thread):
     def stop(self) -> dict:
         self._done.set()
         self.join()
-        return {phase: {key.replace("_kb", "_mb"): round(value / 1024, 1) if key.endswith("_kb") else value
-                        for key, value in peaks.items()} for phase, peaks in self.peaks.items()}
+        return {phase: {key.replace("_kb", "_mb"): (round(value / 1024, 1) if peaks["samples"] else None)
+                        if key.endswith("_kb") else value for key, value in peaks.items()}
+                for phase, peaks in self.peaks.items()}  # None: the phase was shorter than a sample
 
 
 def prepare_command(input_path: Path, out: Path, workers: int, args) -> list[str]:
@@ -218,6 +219,21 @@ def prepare_command(input_path: Path, out: Path, workers: int, args) -> list[str
             "--seq-len", str(args.seq_len), "--domain", f"bench={input_path}", "--train-tokens", "all",
             "--eval-tokens", args.eval_tokens, "--workers", str(workers), "--no-progress", "--overwrite",
             *([] if args.eval_pool_fraction is None else ["--eval-pool-fraction", str(args.eval_pool_fraction)])]
+
+
+def _wait(process: subprocess.Popen, timeout: float):
+    """``os.wait4`` of the process (its rusage covers its reaped workers too), or (None, None) after
+    killing its process group when it runs past ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            return status, usage
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, 9)  # the run's own session: prepare and its workers
+            os.wait4(process.pid, 0)
+            return None, None
+        time.sleep(0.05)
 
 
 def run_prepare(input_path: Path, out: Path, workers: int, args, parallelism: str | None = None) -> dict:
@@ -233,13 +249,17 @@ def run_prepare(input_path: Path, out: Path, workers: int, args, parallelism: st
     marker = PreparePaths(out).piece_marker(0, 1)
     started = time.perf_counter()
     with log.open("w") as handle:
-        process = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
         sampler = TreeSampler(process.pid, log, marker)
         sampler.start()
-        _, status, usage = os.wait4(process.pid, 0)  # its rusage covers the reaped workers too
-        process.returncode = os.waitstatus_to_exitcode(status)
+        status, usage = _wait(process, args.run_timeout)
         phases = sampler.stop()
     wall = time.perf_counter() - started
+    if status is None:
+        raise SystemExit(f"prepare did not finish in {args.run_timeout:g} s and was killed: {' '.join(command)}\n"
+                         f"{log.read_text()[-3000:]}")
+    process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"prepare failed ({process.returncode}): {' '.join(command)}\n{log.read_text()[-3000:]}")
     seconds = json.loads(marker.read_text())["seconds"]
@@ -291,8 +311,8 @@ def load_average() -> list[float]:
 
 
 # ---- report ------------------------------------------------------------------------------------
-def _mb(value: float) -> str:
-    return f"{value:,.0f}"
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
 
 
 def markdown(results: dict) -> str:
@@ -314,7 +334,8 @@ def markdown(results: dict) -> str:
                      f"{_mb(run['memory_by_phase']['tokenize']['pss_tree_mb'])} | {run['mds_bytes_per_token']} |")
     memory = results.get("memory")
     if memory:
-        lines += ["", f"Memory (workers {memory['big']['workers']}; big input limited by: {memory['limited_by']}):", "",
+        lines += ["", f"Memory (workers {memory['big']['workers']}; big input limited by: "
+                      f"{memory['limited_by']}):", "",
                   "| input (JSONL) | stored tokens | tokenizing phase (s) | stored tokens/s | peak RSS, largest "
                   "process, whole run (MB) | startup: peak PSS tree (MB) | tokenizing: peak PSS tree (MB) | "
                   "tokenizing: largest process RSS (MB) | merge: peak PSS tree (MB) |",
@@ -345,6 +366,8 @@ def parse_args(argv):
     parser.add_argument("--eval-pool-fraction", type=float,
                         help="prepare's --eval-pool-fraction (default: prepare's own; tiny inputs need one)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated text")
+    parser.add_argument("--run-timeout", type=float, default=1800,
+                        help="kill a prepare run (and fail) after this many seconds")
     parser.add_argument("--workdir", type=Path, help="where to generate inputs and corpora (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     parser.add_argument("--out", type=Path, help="results JSON")
@@ -385,7 +408,8 @@ def main(argv: list[str] | None = None) -> dict:
             plan.insert(args.workers.index(1) + 1, (1, "false"))
         for workers, parallelism in plan:
             hf = hf_encode(tokenizer, texts, parallelism)  # beside the run, in the same setting
-            run = run_prepare(small, workdir / f"corpus_w{workers}", workers, args, parallelism)
+            corpus = workdir / f"corpus_w{workers}{'' if parallelism is None else '_one_thread'}"
+            run = run_prepare(small, corpus, workers, args, parallelism)
             rate = text_tokens / run["tokenize_s"]
             run.update(hf=hf, load_average=load_average(), input_bytes=info["bytes"],
                        prepare_tokens_per_s=round(rate, 1),
@@ -393,7 +417,7 @@ def main(argv: list[str] | None = None) -> dict:
                        prepare_vs_hf=round(rate / hf["tokens_per_s"], 3),
                        prepare_vs_hf_single_thread=round(rate / single["tokens_per_s"], 3))
             runs.append(run)
-            shutil.rmtree(workdir / f"corpus_w{workers}", ignore_errors=True)
+            shutil.rmtree(corpus, ignore_errors=True)
         one_core = next((run for run in runs if run["workers"] == 1 and run["tokenizers_parallelism"] == "false"),
                         None)
         for run in runs:
