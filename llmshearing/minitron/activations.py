@@ -2,8 +2,9 @@
 
 - attention heads: L2 norm of each head's output (the ``o_proj`` input, head_dim values per head);
 - MLP neurons: magnitude of each ``down_proj`` input;
-- embedding channels: magnitude of every RMSNorm output (both norms of each scored layer and the
-  final norm), each norm reduced on its own, then summed over the norms;
+- embedding channels: magnitude of every hidden-size RMSNorm output (the norms of each scored layer:
+  both of a pre-norm layer, all four of a layer with sandwich norms (Gemma); and the final norm), each
+  norm reduced on its own, then summed over the norms;
 - Block Importance per layer: 1 - cos(h_in, h_out), averaged over all tokens.
 
 Per-token values are reduced over the sequence, then over samples (``aggregation``).
@@ -18,6 +19,10 @@ import torch.nn.functional as F
 
 from llmshearing.minitron.aggregation import SampleAccumulator, reduce_sequence
 from llmshearing.model.llama import LlamaForCausalLM
+
+
+# <name>_layernorm modules of a decoder layer (pre_/post_feedforward only with sandwich norms)
+LAYER_NORMS = ("input", "post_attention", "pre_feedforward", "post_feedforward")
 
 
 @dataclass
@@ -61,8 +66,9 @@ class ActivationRecorder:
             layer = self.model.model.layers[i]
             self._pre_hook(layer.self_attn.o_proj, self._record_heads(i, config.num_attention_heads))
             self._pre_hook(layer.mlp.down_proj, self._record_units(self.neurons[i]))
-            self._norm_hook(f"{i}.input", layer.input_layernorm)
-            self._norm_hook(f"{i}.post_attention", layer.post_attention_layernorm)
+            for name in LAYER_NORMS:  # the hidden-size norms this layer has
+                if hasattr(layer, f"{name}_layernorm"):
+                    self._norm_hook(f"{i}.{name}", getattr(layer, f"{name}_layernorm"))
             self._handles.append(layer.register_forward_hook(self._record_block(i)))
         self._norm_hook("final", self.model.model.norm)
         return self

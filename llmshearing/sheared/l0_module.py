@@ -91,10 +91,15 @@ def _indices(keep: torch.Tensor) -> List[int]:
     return keep.nonzero().flatten().tolist()
 
 
+RUNTIME_FIELDS = ("attn_impl",)  # how the model runs, not what it is: may differ between a run and its resume
+
+
 def _runtime_free(config: dict) -> dict:
-    """Config entries that describe the model, without runtime choices such as attn_impl."""
-    runtime = {f.name for f in dataclasses.fields(LlamaConfig) if not f.metadata.get("hf", True)}
-    return {k: v for k, v in config.items() if k not in runtime}
+    """Config entries that describe the model, without runtime choices such as attn_impl. The family
+    fields (model_type, biases, q/k norms, sliding windows) describe the model: they are compared too;
+    a config saved before a field existed has that field's default (as ``LlamaConfig.from_dict`` reads it)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(LlamaConfig) if f.default is not dataclasses.MISSING}
+    return {k: v for k, v in {**defaults, **config}.items() if k not in RUNTIME_FIELDS}
 
 
 class L0Module(nn.Module):
