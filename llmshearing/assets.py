@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 from pathlib import Path
 
 from llmshearing.errors import LLMShearingError
@@ -68,7 +69,12 @@ def load_tokenizer(path: str | Path | None = None):
     special tokens (bos/eos/unk/pad) are taken from the file's own metadata, because the
     transformers GGUF conversion can assign them wrongly (for SmolLM2-Instruct it makes
     ``<|im_start|>`` the eos token, while the GGUF says ``<|im_end|>``).
+
+    Under transformers 4, a directory saved by transformers 5 (see :func:`_saved_by_transformers5`)
+    is loaded from its ``tokenizer.json`` (see :func:`_load_tokenizer_json`), and so is, under any
+    version, one whose tokenizer class this transformers does not know, when it has a tokenizer.json.
     """
+    import transformers
     from transformers import AutoTokenizer
 
     path = smollm2_gguf_path() if path is None else Path(path)
@@ -78,14 +84,140 @@ def load_tokenizer(path: str | Path | None = None):
     if not (is_gguf or path.is_dir()):
         raise AssetError(f"tokenizer path is neither a directory nor a .gguf file: {path}")
     try:
-        if not is_gguf:
+        if is_gguf:
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            _apply_gguf_special_tokens(tokenizer, path)
+            return tokenizer
+        has_json = (path / TOKENIZER_JSON).is_file()
+        # transformers 5 itself reads its own format; 4.x is routed around its AutoTokenizer
+        before5 = int(transformers.__version__.split(".")[0]) < 5
+        if has_json and before5 and _saved_by_transformers5(path):
+            return _load_tokenizer_json(path)
+        try:
             return AutoTokenizer.from_pretrained(str(path))
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        _apply_gguf_special_tokens(tokenizer, path)
-        return tokenizer
+        except ValueError as error:
+            # e.g. "Tokenizer class TokenizersBackend does not exist or is not currently imported."
+            if not (has_json and _UNKNOWN_CLASS_MESSAGE in str(error)):
+                raise
+            return _load_tokenizer_json(path)
+    except AssetError:
+        raise
     except (OSError, ValueError, KeyError) as error:
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else repr(error)
-        raise AssetError(f"could not load a tokenizer from {path}: {reason}") from error
+        raise AssetError(f"could not load a tokenizer from {path}: {_one_line(error)}") from error
+
+
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+_SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+# transformers 4's AutoTokenizer message for a tokenizer_class it has no class for
+_UNKNOWN_CLASS_MESSAGE = "does not exist or is not currently imported"
+_NAMED_SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+# tokenizer_config.json settings that PreTrainedTokenizerFast takes as they are
+_PLAIN_SETTINGS = ("model_max_length", "padding_side", "truncation_side", "clean_up_tokenization_spaces",
+                   "model_input_names", "split_special_tokens")
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else repr(error)
+
+
+def _read_json(file: Path) -> dict:
+    if not file.is_file():
+        return {}
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AssetError(f"could not load a tokenizer from {file.parent}: {file.name} is not valid JSON "
+                         f"({_one_line(error)})") from error
+    if not isinstance(value, dict):
+        raise AssetError(f"could not load a tokenizer from {file.parent}: {file.name} is not a JSON object")
+    return value
+
+
+def _saved_by_transformers5(folder: Path) -> bool:
+    """Whether ``tokenizer_config.json`` is in transformers 5's format.
+
+    transformers 5 writes ``"backend": "tokenizers"`` (which 4.x never writes), its own class names
+    (``TokenizersBackend``) and ``extra_special_tokens`` as a list (4.x reads a dict there and fails on
+    a list). It no longer writes ``add_bos_token``: whether a BOS is added is only in the
+    post-processor of tokenizer.json, while 4.x's model classes (LlamaTokenizerFast) would apply their
+    own default (add a BOS) over it. Such a folder is therefore loaded from tokenizer.json as it is.
+    """
+    config = _read_json(folder / TOKENIZER_CONFIG)
+    return "backend" in config or isinstance(config.get("extra_special_tokens"), list)
+
+
+def _token_text(value):
+    """A special token as tokenizer_config.json stores it: a string or an AddedToken dict."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _chat_template(folder: Path, config: dict):
+    """The chat template(s): chat_template.jinja, additional_chat_templates/, chat_template.json or the config."""
+    templates = {}
+    extra = folder / "additional_chat_templates"
+    if extra.is_dir():
+        templates.update({file.stem: file.read_text(encoding="utf-8") for file in sorted(extra.glob("*.jinja"))})
+    default = None
+    if (folder / "chat_template.jinja").is_file():
+        default = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    else:
+        value = config.get("chat_template", _read_json(folder / "chat_template.json").get("chat_template"))
+        if isinstance(value, list):  # [{"name": ..., "template": ...}]
+            templates.update({item["name"]: item["template"] for item in value
+                              if isinstance(item, dict) and "name" in item and "template" in item})
+            default = templates.pop("default", None)
+        elif isinstance(value, str):
+            default = value
+    if not templates:
+        return default
+    if default is not None:
+        templates["default"] = default
+    return templates
+
+
+def _load_tokenizer_json(folder: Path):
+    """``PreTrainedTokenizerFast`` over ``folder/tokenizer.json`` with the folder's special tokens.
+
+    The tokenizer.json holds the vocabulary, merges, added tokens (with their special flags) and the
+    post-processor, which is what decides whether a BOS/EOS is added; it is used as it is. From
+    tokenizer_config.json (and special_tokens_map.json, where present) come the named special tokens,
+    the additional special tokens (``additional_special_tokens``, or transformers 5's
+    ``extra_special_tokens`` list; a dict there is 4.x's named extras), the chat template and a few
+    plain settings.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    config = _read_json(folder / TOKENIZER_CONFIG)
+    special_map = _read_json(folder / _SPECIAL_TOKENS_MAP)
+    kwargs = {"tokenizer_file": str(folder / TOKENIZER_JSON), "name_or_path": str(folder)}
+    for key in _NAMED_SPECIAL_TOKENS:
+        token = _token_text(config.get(key, special_map.get(key)))
+        if token is not None:
+            kwargs[key] = token
+    additional = config.get("additional_special_tokens", special_map.get("additional_special_tokens")) or []
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list):
+        additional = list(additional) + [token for token in extra if token not in additional]
+    elif isinstance(extra, dict) and extra:
+        kwargs["extra_special_tokens"] = {name: _token_text(token) for name, token in extra.items()}
+    additional = [text for text in map(_token_text, additional) if text is not None]
+    if additional:
+        kwargs["additional_special_tokens"] = additional
+    for key in _PLAIN_SETTINGS:
+        if config.get(key) is not None:
+            kwargs[key] = config[key]
+    template = _chat_template(folder, config)
+    if template is not None:
+        kwargs["chat_template"] = template
+    try:
+        return PreTrainedTokenizerFast(**kwargs)
+    except Exception as error:  # noqa: BLE001 - the tokenizers library raises plain Exception on a bad file
+        raise AssetError(f"could not load a tokenizer from {folder}: {TOKENIZER_JSON}: "
+                         f"{_one_line(error)}") from error
 
 
 def _apply_gguf_special_tokens(tokenizer, gguf_path: Path) -> None:
