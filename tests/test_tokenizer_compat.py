@@ -131,28 +131,29 @@ def _assert_one_line(error: pytest.ExceptionInfo, folder: Path, file_named: str)
     assert file_named in message or not BEFORE5, message
 
 
-def test_broken_tokenizer_json_is_one_line(tmp_path):
-    folder = _copy_fixture("llama", tmp_path / "tok")
+def _break_tokenizer_json(folder: Path) -> None:
     (folder / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "nonsense"}}', encoding="utf-8")
-    with pytest.raises(AssetError) as error:
-        load_tokenizer(folder)
-    _assert_one_line(error, folder, "tokenizer.json")
 
 
-def test_unknown_class_without_tokenizer_json_is_one_line(tmp_path):
-    folder = _copy_fixture("llama", tmp_path / "tok")
+def _remove_tokenizer_json(folder: Path) -> None:
     (folder / "tokenizer.json").unlink()
-    with pytest.raises(AssetError) as error:
-        load_tokenizer(folder)
-    _assert_one_line(error, folder, "TokenizersBackend")
 
 
-def test_bad_tokenizer_config_is_one_line(tmp_path):
-    folder = _copy_fixture("qwen2", tmp_path / "tok")
+def _break_tokenizer_config(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text("{not json", encoding="utf-8")
+
+
+@pytest.mark.parametrize("fixture, damage, file_named", [
+    ("llama", _break_tokenizer_json, "tokenizer.json"),
+    ("llama", _remove_tokenizer_json, "TokenizersBackend"),  # an unknown class and nothing to fall back on
+    ("qwen2", _break_tokenizer_config, "tokenizer_config.json"),
+])
+def test_a_broken_tokenizer_folder_is_one_line(fixture, damage, file_named, tmp_path):
+    folder = _copy_fixture(fixture, tmp_path / "tok")
+    damage(folder)
     with pytest.raises(AssetError) as error:
         load_tokenizer(folder)
-    _assert_one_line(error, folder, "tokenizer_config.json")
+    _assert_one_line(error, folder, file_named)
 
 
 def test_unknown_class_in_a_transformers4_config_falls_back(tmp_path):
