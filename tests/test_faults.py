@@ -181,7 +181,7 @@ def _rewrite_split(split: Path, change) -> Path:
 
     samples = [change(sample["tokens"].copy()) for sample in LocalDataset(local=str(split))]
     shutil.rmtree(split)
-    with MDSWriter(out=str(split), columns={"tokens": "ndarray:int32"}) as writer:
+    with MDSWriter(out=str(split), columns={"tokens": f"ndarray:{samples[0].dtype.name}"}) as writer:
         for tokens in samples:
             writer.write({"tokens": tokens})
     return sorted(split.rglob("*.mds"))[0]
