@@ -156,3 +156,17 @@ def test_gemma3_with_its_vision_tower_is_refused_naming_the_text_model_way(tmp_p
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3", "text_config": {}, "vision_config": {}}))
     with pytest.raises(CheckpointError, match="save Gemma3ForCausalLM.from_pretrained"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["qwen2.5_tied", "gemma3_text"])
+def test_a_transformers5_config_with_rope_parameters_reads_the_same(name):
+    """transformers 5 writes rope_theta / rope_scaling (and Gemma's local base) into rope_parameters."""
+    from llmshearing.model import LlamaConfig
+
+    v4 = FAMILIES[name]().to_dict()
+    v5 = {key: value for key, value in v4.items() if key not in ("rope_theta", "rope_scaling", "rope_local_base_freq")}
+    full = {"rope_theta": v4["rope_theta"], **(v4.get("rope_scaling") or {"rope_type": "default"})}
+    v5["rope_parameters"] = full if name != "gemma3_text" else {
+        "full_attention": full, "sliding_attention": {"rope_type": "default", "rope_theta": v4["rope_local_base_freq"]}}
+    assert LlamaConfig.from_hf(v5) == LlamaConfig.from_hf(v4)
+    assert LlamaConfig.from_hf(v5).rope_theta != 10000.0

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from llmshearing.errors import ConfigError
-from llmshearing.model.rope import check_rope_scaling, hf_rope_values, longrope_scaling_from_hf
+from llmshearing.model.rope import check_rope_scaling, hf_rope_values, longrope_scaling_from_hf, with_v4_rope_keys
 
 
 @dataclass
@@ -170,7 +170,7 @@ class LlamaConfig:
         """Build from a `transformers` config of a supported family (llmshearing.model.families)."""
         from llmshearing.model.families import family_fields
 
-        hf = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
+        hf = with_v4_rope_keys(hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config))
         family = family_fields(hf)
         names = {f.name for f in dataclasses.fields(cls) if f.metadata.get("hf", True)}
         values = {k: hf[k] for k in names if hf.get(k) is not None}

@@ -102,6 +102,24 @@ def check_rope_scaling(scaling, head_dim: int) -> Optional[dict]:
     return scaling
 
 
+def with_v4_rope_keys(hf: dict) -> dict:
+    """An HF config dict with ``rope_theta`` / ``rope_scaling`` (/ Gemma's ``rope_local_base_freq``) as
+    transformers 4 writes them: transformers 5 folds them into ``rope_parameters`` (one dict per
+    attention type for Gemma 3), and reading only the old keys would silently give the default base."""
+    parameters = hf.get("rope_parameters")
+    if not isinstance(parameters, dict) or hf.get("rope_theta") is not None:
+        return hf
+    hf = dict(hf)
+    full = parameters.get("full_attention", parameters)
+    hf["rope_theta"] = full.get("rope_theta", 10000.0)
+    scaling = {key: value for key, value in full.items() if key != "rope_theta"}
+    hf["rope_scaling"] = None if scaling.get("rope_type", scaling.get("type", "default")) == "default" else scaling
+    local = parameters.get("sliding_attention")
+    if isinstance(local, dict) and local.get("rope_theta") is not None:
+        hf["rope_local_base_freq"] = local["rope_theta"]
+    return hf
+
+
 def longrope_scaling_from_hf(hf: dict) -> Optional[dict]:
     """An HF config dict's rope_scaling as our config holds it: for longrope, the top-level
     ``original_max_position_embeddings`` (the one transformers reads) moves into the dict and a copy
