@@ -97,7 +97,7 @@ def prepare_units(paths: PreparePaths, plan: DomainPlan, units: Sequence[Unit], 
         return stop_at_budget and all(remaining(split) == 0 for split in splits)
 
     progress.start(plan.name, len(units))
-    state = {"unit": None, "chunkers": None, "bad": None, "documents_read": 0}
+    state = {"chunkers": None, "bad": None, "documents_read": 0}
 
     def tagged_batches() -> Iterator[tuple[object, list[str]]]:
         for unit in todo:
@@ -113,7 +113,7 @@ def prepare_units(paths: PreparePaths, plan: DomainPlan, units: Sequence[Unit], 
         if kind == "start":
             if all_full():
                 break
-            state.update(unit=unit, bad=payload, documents_read=0,
+            state.update(bad=payload, documents_read=0,
                          chunkers={split: SplitChunker(unit_split_dir(paths.out_dir, plan.name, split, unit.id),
                                                        seq_len, dtype, remaining(split)) for split in splits})
         elif kind == "documents":
@@ -123,19 +123,12 @@ def prepare_units(paths: PreparePaths, plan: DomainPlan, units: Sequence[Unit], 
                     document_id, tokens)
             state["documents_read"] += len(payload)
             progress.advance(len(payload), sum(len(tokens) for tokens in token_arrays))
-            if all_full_with(chunkers, written, stop_at_budget, plan):
+            if all(chunker.full for chunker in chunkers.values()):  # each holds the rest of its split's budget
                 _finish_unit(paths, plan, unit, state, written, complete=False)
                 break
         else:
             _finish_unit(paths, plan, unit, state, written, complete=True)
     progress.close()
-
-
-def all_full_with(chunkers, written, stop_at_budget: bool, plan: DomainPlan) -> bool:
-    if not stop_at_budget:
-        return False
-    return all(budget is not None and written[split] + chunkers[split].rows >= budget
-               for split, budget in plan.budget_rows.items())
 
 
 def _finish_unit(paths: PreparePaths, plan: DomainPlan, unit: Unit, state: dict, written: dict,
