@@ -104,6 +104,9 @@ def load_tokenizer(path: str | Path | None = None):
         raise
     except (OSError, ValueError, KeyError) as error:
         raise AssetError(f"could not load a tokenizer from {path}: {_one_line(error)}") from error
+    except Exception as error:  # noqa: BLE001 - transformers fails in many ways on a folder that is no tokenizer
+        # (an empty folder: AttributeError from its slow-to-fast conversion)
+        raise AssetError(f"could not load a tokenizer from {path}: {type(error).__name__}: {_one_line(error)}") from error
 
 
 TOKENIZER_JSON = "tokenizer.json"

@@ -71,8 +71,8 @@ def merge_domain(paths: PreparePaths, domain: str, unit_ids: list[str], splits: 
                    "bad_records": sum(record["bad_records"]["count"] for record in records)}
     documents: dict[str, list[str]] = {}
     for split, budget in splits.items():
-        selection = select_rows([(record["unit"], record["splits"][split]["rows"]) for record in records],
-                                budget)
+        unit_rows = {record["unit"]: record["splits"][split]["rows"] for record in records}  # in the corpus's order
+        selection = select_rows(list(unit_rows.items()), budget)
         if selection.available_rows == 0:
             pool = (f", a larger --eval-pool-fraction (now {eval_fraction:.3g})" if split == "eval" else "")
             raise PrepareError(f"domain '{domain}' gives no complete {split} sample of {seq_len} tokens "
@@ -87,8 +87,7 @@ def merge_domain(paths: PreparePaths, domain: str, unit_ids: list[str], splits: 
             log(f"[{domain}] {split}: {selection.rows * seq_len:,} tokens of the {budget * seq_len:,} asked"
                 f" ({'repeated up to the budget' if short_policy == 'repeat' and split != 'eval' else 'capped'})")
         split_dir = paths.out_dir / domain / split
-        folders = [_materialize(split_dir, unit_id, rows, records_rows(records, unit_id, split))
-                   for unit_id, rows in selection.parts]
+        folders = [_materialize(split_dir, unit_id, rows, unit_rows[unit_id]) for unit_id, rows in selection.parts]
         repeats = 0
         if short_policy == "repeat" and split != "eval" and budget is not None and selection.rows < budget:
             repeats = math.ceil(budget / selection.rows) - 1
@@ -101,10 +100,6 @@ def merge_domain(paths: PreparePaths, domain: str, unit_ids: list[str], splits: 
             stats[split]["repeated_from_samples"] = selection.rows
     write_json_atomically(paths.out_dir / domain / DOCUMENTS_NAME, documents)
     return stats
-
-
-def records_rows(records: list[dict], unit_id: str, split: str) -> int:
-    return next(record["splits"][split]["rows"] for record in records if record["unit"] == unit_id)
 
 
 def _materialize(split_dir: Path, unit_id: str, rows: int, unit_rows: int) -> str:

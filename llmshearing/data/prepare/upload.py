@@ -10,6 +10,7 @@ import hashlib
 from pathlib import Path
 from typing import Callable, Iterator
 
+from llmshearing.convert.messages import first_line
 from llmshearing.data.corpus import DOCUMENTS_NAME, INDEX_NAME, MANIFEST_NAME
 from llmshearing.data.prepare.state import PrepareError
 from llmshearing.data.prepare.unit_writer import read_json
@@ -49,7 +50,7 @@ def upload_corpus(local: Path, remote: str, log: Callable[[str], None], progress
     try:
         uploader = CloudUploader.get((str(local), remote), keep_local=True, exist_ok=True, progress_bar=False)
     except Exception as error:  # noqa: BLE001 - each provider fails in its own way
-        raise PrepareError(f"cannot upload to {remote}: {_first_line(error)}; the corpus is complete in {local}")
+        raise PrepareError(f"cannot upload to {remote}: {first_line(error)}; the corpus is complete in {local}")
     if progress:
         from tqdm.auto import tqdm
         files_iter = tqdm(files, desc=f"uploading to {remote}", unit=" files")
@@ -61,12 +62,7 @@ def upload_corpus(local: Path, remote: str, log: Callable[[str], None], progress
         try:
             uploader.upload_file(relative)
         except Exception as error:  # noqa: BLE001
-            raise PrepareError(f"uploading {relative} to {remote} failed: {_first_line(error)}; the corpus is "
+            raise PrepareError(f"uploading {relative} to {remote} failed: {first_line(error)}; the corpus is "
                                f"complete in {local}: run the same command again to retry the upload") from error
     log(f"uploaded {len(files)} files to {remote}")
     return len(files)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else repr(error)
