@@ -16,8 +16,9 @@ from typing import Dict, List, Optional
 
 import torch
 
-from llmshearing.errors import ShapeError
+from llmshearing.errors import ConfigError, ShapeError
 from llmshearing.model.config import LlamaConfig
+from llmshearing.model.families import export_family
 from llmshearing.shape import TargetShape
 
 PLAN_FILE = "pruning_plan.json"
@@ -115,6 +116,10 @@ class PruningPlan:
                         f"{where}: kept query heads {members} do not all belong to KV head {kv} "
                         f"({groups} query heads per KV head in the source)"
                     )
+        try:
+            export_family(self.target_config())
+        except ConfigError as exc:
+            raise ShapeError(f"pruning plan: {exc}") from exc
 
     # ---- masks for the masked (unsliced) model --------------------------------------------
     def to_masks(self, dtype: torch.dtype = torch.float32) -> dict:
@@ -197,7 +202,7 @@ def _save_tensors(tensors: Dict[str, torch.Tensor], path: Path) -> None:
 
 def _validate_layer_shape(shape: TargetShape, source: LlamaConfig, where: str) -> None:
     try:
-        shape.validate_against(source)
+        shape.validate_against(source, whole_model=False)
     except ShapeError as exc:
         raise ShapeError(f"{where}: {exc}") from exc
 

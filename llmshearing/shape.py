@@ -7,6 +7,7 @@ from typing import Mapping, Sequence, Union
 
 from llmshearing.errors import ShapeError
 from llmshearing.model.config import LlamaConfig
+from llmshearing.model.families import heads_must_divide_hidden, hidden_multiple_rule
 
 SHAPE_KEYS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers", "intermediate_size")
 Number = Union[int, float]
@@ -52,9 +53,10 @@ class TargetShape:
     def query_groups(self) -> int:
         return self.num_attention_heads // self.num_key_value_heads
 
-    def validate_against(self, source: LlamaConfig) -> None:
+    def validate_against(self, source: LlamaConfig, whole_model: bool = True) -> None:
         """Raise ShapeError with a one-line reason if this shape cannot be cut out of ``source``
-        (ConfigError if ``source`` has per-layer sizes: a target shape is cut from a uniform model)."""
+        (ConfigError if ``source`` has per-layer sizes: a target shape is cut from a uniform model).
+        ``whole_model=False`` checks one layer's sizes of a per-layer plan, whose export is checked as a whole."""
         source.require_uniform("pruning to a target shape")
         for key in SHAPE_KEYS:
             value, limit = getattr(self, key), getattr(source, key)
@@ -74,6 +76,19 @@ class TargetShape:
                 f"(use num_key_value_heads >= {-(-self.num_attention_heads // source.query_groups)}); "
                 f"nearest valid: {self._nearest_heads(source)}"
             )
+        if whole_model and not self.exportable_from(source):
+            raise ShapeError(f"target {hidden_multiple_rule(self.config_for(source))}; nearest valid: "
+                             f"{self._nearest_hidden_sizes(source)}")
+
+    def exportable_from(self, source: LlamaConfig) -> bool:
+        """Whether the pruned model has a stock transformers config class (see families.heads_must_divide_hidden)."""
+        return self.hidden_size % self.num_attention_heads == 0 or not heads_must_divide_hidden(source)
+
+    def _nearest_hidden_sizes(self, source: LlamaConfig) -> str:
+        heads = self.num_attention_heads
+        below = self.hidden_size // heads * heads
+        sizes = [size for size in (below, below + heads) if 0 < size <= source.hidden_size]
+        return " or ".join(f"hidden_size={size}" for size in sizes)
 
     def _nearest_heads(self, source: LlamaConfig, count: int = 3) -> str:
         """The valid (query heads, KV heads) pairs of ``source`` closest to this target's: whole KV groups,

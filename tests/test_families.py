@@ -77,7 +77,7 @@ def test_hf_to_ours_to_hf_keeps_config_and_logits(family, tmp_path):
 @torch.no_grad()
 def test_masked_equals_sliced_and_exports_as_the_familys_class(family, tmp_path):
     name, _, _, ours = family
-    plan = random_plan(ours.config, layers=2, kv_heads=1, heads=2, neurons=23, hidden=31, seed=3)
+    plan = random_plan(ours.config, layers=2, kv_heads=1, heads=2, neurons=23, hidden=30, seed=3)
     masked = ours(TOKENS, plan.to_masks())
     sliced = slice_model(ours, plan)
     assert (masked - sliced(TOKENS)).abs().max() <= 1e-4
@@ -163,10 +163,75 @@ def test_a_transformers5_config_with_rope_parameters_reads_the_same(name):
     """transformers 5 writes rope_theta / rope_scaling (and Gemma's local base) into rope_parameters."""
     from llmshearing.model import LlamaConfig
 
-    v4 = FAMILIES[name]().to_dict()
+    from llmshearing.model.rope import with_v4_rope_keys
+
+    installed = FAMILIES[name]().to_dict()  # v4 or v5 form, as the installed transformers writes it
+    v4 = with_v4_rope_keys(installed)
+    v4 = {key: value for key, value in v4.items() if key != "rope_parameters"}
     v5 = {key: value for key, value in v4.items() if key not in ("rope_theta", "rope_scaling", "rope_local_base_freq")}
     full = {"rope_theta": v4["rope_theta"], **(v4.get("rope_scaling") or {"rope_type": "default"})}
     v5["rope_parameters"] = full if name != "gemma3_text" else {
         "full_attention": full, "sliding_attention": {"rope_type": "default", "rope_theta": v4["rope_local_base_freq"]}}
-    assert LlamaConfig.from_hf(v5) == LlamaConfig.from_hf(v4)
+    assert LlamaConfig.from_hf(v5) == LlamaConfig.from_hf(v4) == LlamaConfig.from_hf(installed)
     assert LlamaConfig.from_hf(v5).rope_theta != 10000.0
+
+
+def llama(**overrides):
+    from llmshearing.model import LlamaConfig
+
+    return LoadedLlama(LlamaConfig(**{**dict(COMMON, head_dim=8), **overrides}))
+
+
+def LoadedLlama(config):
+    from llmshearing.model.llama import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+@torch.no_grad()
+def test_a_llama_whose_hidden_size_is_no_multiple_of_its_heads_exports_as_mistral(tmp_path):
+    """transformers 5's LlamaConfig refuses hidden 31 with 2 heads even with head_dim; Mistral (no window) is
+    the same network and loads in transformers 4 and 5."""
+    ours = llama()
+    plan = random_plan(ours.config, layers=2, kv_heads=1, heads=2, neurons=23, hidden=31, seed=3)
+    masked = ours(TOKENS, plan.to_masks())
+    out = export_hf(slice_model(ours, plan), tmp_path / "sliced")
+    config = json.loads((out / "config.json").read_text())
+    assert (config["model_type"], config["sliding_window"], config["head_dim"]) == ("mistral", None, 8)
+    back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(back).__name__ == "MistralForCausalLM"
+    assert (back(TOKENS).logits - masked).abs().max() <= 1e-4
+    assert (load_model(out).model(TOKENS) - masked).abs().max() <= 1e-4
+
+
+@torch.no_grad()
+def test_a_transformers4_llama_export_of_such_a_shape_still_loads(tmp_path):
+    """A LLaMA config.json with hidden 45 and 6 heads of head_dim 8, as transformers 4 wrote them."""
+    ours = llama(hidden_size=45, num_attention_heads=6, num_key_value_heads=2)
+    out = export_hf(ours, tmp_path / "mistral")
+    config = json.loads((out / "config.json").read_text())
+    config.update(model_type="llama", architectures=["LlamaForCausalLM"], attention_bias=False, mlp_bias=False)
+    for key in ("sliding_window",):
+        config.pop(key)
+    (out / "config.json").write_text(json.dumps(config))
+    assert (load_model(out).model(TOKENS) - ours(TOKENS)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["gemma3_text", "llama_with_attention_bias"])
+def test_a_target_whose_hidden_size_is_no_multiple_of_heads_is_refused_where_no_class_holds_it(name):
+    from llmshearing.errors import ShapeError
+    from llmshearing.model import LlamaConfig
+    from llmshearing.shape import TargetShape
+
+    source = LlamaConfig.from_hf(FAMILIES[name]())
+    target = TargetShape(hidden_size=31, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=2,
+                         intermediate_size=23)
+    with pytest.raises(ShapeError) as error:
+        target.validate_against(source)
+    message = str(error.value)
+    assert "to be a multiple of num_attention_heads (2)" in message and "\n" not in message
+    assert message.endswith("nearest valid: hidden_size=30 or hidden_size=32")
+    plan = random_plan(source, layers=2, kv_heads=1, heads=2, neurons=23, hidden=31, seed=3)
+    with pytest.raises(ShapeError, match="pruning plan: .* transformers 5's config class refuses"):
+        plan.validate()

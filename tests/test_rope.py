@@ -12,6 +12,7 @@ import transformers
 from llmshearing.convert import export_hf, load_model
 from llmshearing.errors import CheckpointError, ConfigError
 from llmshearing.model import LlamaConfig
+from llmshearing.model.rope import with_v4_rope_keys
 
 COMMON = dict(vocab_size=101, hidden_size=48, intermediate_size=40, num_hidden_layers=3, num_attention_heads=6,
               num_key_value_heads=2, tie_word_embeddings=False)
@@ -91,8 +92,10 @@ def test_logits_match_transformers_short_and_long_and_after_export(case, tmp_pat
         assert expected[length].abs().max() > 1.0
         assert max_diff(ours(tokens), expected[length]) <= 1e-4, (name, length)
     back = transformers.AutoModelForCausalLM.from_pretrained(export_hf(ours, tmp_path / "export")).eval()
+    # transformers 5 keeps rope_theta / rope_scaling inside rope_parameters: compare them in v4 form
+    back_keys, hf_keys = with_v4_rope_keys(back.config.to_dict()), with_v4_rope_keys(hf.config.to_dict())
     for key in ("rope_scaling", "rope_theta", "max_position_embeddings"):
-        assert getattr(back.config, key) == getattr(hf.config, key), key
+        assert back_keys.get(key) == hf_keys.get(key), key
     assert getattr(back.config, "original_max_position_embeddings", None) == \
         getattr(hf.config, "original_max_position_embeddings", None)
     for length, logits in hf_logits(back).items():

@@ -5,6 +5,7 @@ file (de-quantised by ``transformers``), or a Composer checkpoint (ours or one t
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -78,11 +79,27 @@ def _our_config(hf_config, path: Path) -> LlamaConfig:
         raise CheckpointError(f"{path}: {exc}") from exc
 
 
+def _strict_config_errors() -> tuple:
+    """transformers 5 validates configs as huggingface_hub strict dataclasses, whose errors are no ValueError."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # the huggingface_hub of transformers 4
+        return ()
+    return (StrictDataclassError,)
+
+
 def _hf_dir_config(path: Path) -> LlamaConfig:
     from transformers import AutoConfig
 
     try:
         hf_config = AutoConfig.from_pretrained(str(path))
+    except _strict_config_errors() as exc:
+        # e.g. a LLaMA with hidden 45 and 6 heads of head_dim 8 written under transformers 4: transformers 5's
+        # LlamaConfig refuses the shape although head_dim defines the network; take the keys as written
+        try:
+            hf_config = json.loads((path / "config.json").read_text())
+        except ValueError:
+            raise CheckpointError(f"{path}/config.json cannot be read: {first_line(exc)}") from exc
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}/config.json cannot be read: {first_line(exc)}") from exc
     return _our_config(hf_config, path)

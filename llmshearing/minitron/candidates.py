@@ -39,13 +39,14 @@ def _layer_counts(full: int) -> List[int]:
 
 def all_shapes(source: LlamaConfig) -> List[TargetShape]:
     heads = [(kv * g, kv) for kv in range(1, source.num_key_value_heads + 1) for g in range(1, source.query_groups + 1)]
-    return [
+    shapes = [
         TargetShape(hidden_size=d, num_attention_heads=h, num_key_value_heads=kv, num_hidden_layers=n,
                     intermediate_size=f)
         for d, (h, kv), n, f in itertools.product(_sizes(source.hidden_size), heads,
                                                   _layer_counts(source.num_hidden_layers),
                                                   _sizes(source.intermediate_size))
     ]
+    return [shape for shape in shapes if shape.exportable_from(source)]
 
 
 def shape_parameters(shape: TargetShape, source: LlamaConfig) -> int:

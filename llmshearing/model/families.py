@@ -101,9 +101,36 @@ def _layer_types(family: Family, hf: dict) -> Optional[List[str]]:
     return None
 
 
-def hf_family_values(config) -> dict:
-    """The HF config keys that carry our family fields, for ``config.model_type``'s config class."""
+def heads_must_divide_hidden(config) -> bool:
+    """Whether ``config``'s family has no stock transformers class for a hidden size that is not a multiple of
+    the head count: transformers 5's LlamaConfig and Gemma3TextConfig refuse it even with an explicit head_dim.
+    A bias-free LLaMA goes out as Mistral instead (``export_family``); Gemma 3 and a LLaMA with attention
+    biases have no such twin."""
+    return family_of(config.model_type).gemma or (config.model_type == "llama" and config.qkv_bias)
+
+
+def export_family(config) -> Family:
+    """The family whose HF config describes ``config``: its own, except a bias-free LLaMA whose hidden size is
+    not a multiple of its head count, which is written as Mistral without a window (the same network,
+    whose config class has no such check), so the export loads in transformers 4 and 5 alike."""
     family = family_of(config.model_type)
+    if config.hidden_size % config.num_attention_heads == 0:
+        return family
+    if heads_must_divide_hidden(config):
+        raise ConfigError(f"{hidden_multiple_rule(config)}; export a shape whose hidden_size is a multiple of "
+                          f"num_attention_heads={config.num_attention_heads}")
+    return FAMILIES["mistral"] if family.model_type == "llama" else family
+
+
+def hidden_multiple_rule(config) -> str:
+    what = "a llama model with attention biases" if config.model_type == "llama" else f"a {config.model_type} model"
+    return (f"{what} needs hidden_size ({config.hidden_size}) to be a multiple of num_attention_heads "
+            f"({config.num_attention_heads}): transformers 5's config class refuses other shapes")
+
+
+def hf_family_values(config) -> dict:
+    """The HF config keys that carry our family fields, for ``export_family(config)``'s config class."""
+    family = export_family(config)
     _check_flags(family, config)
     values: dict = {"architectures": [family.architecture], family.activation_key: config.hidden_act}
     if family.model_type in ("llama", "qwen3", "gemma3_text"):
@@ -137,4 +164,4 @@ def _check_flags(family: Family, config) -> None:
 def hf_config_class(config):
     import transformers
 
-    return getattr(transformers, family_of(config.model_type).hf_config_class)
+    return getattr(transformers, export_family(config).hf_config_class)
