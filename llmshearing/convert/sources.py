@@ -105,11 +105,37 @@ def _hf_dir_config(path: Path) -> LlamaConfig:
     return _our_config(hf_config, path)
 
 
+def _gguf_rope_scaling(path: Path) -> str | None:
+    """The RoPE scaling the GGUF holds, which transformers' GGUF reader drops (it builds unscaled RoPE), or None.
+
+    llama.cpp writes linear / YaRN / ... scaling as ``{arch}.rope.scaling.*`` metadata and LLaMA 3's as a
+    ``rope_freqs.weight`` tensor (Llama 3.1 / 3.2, Gemma 3 4B+ ...)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    if any(tensor.name == "rope_freqs.weight" for tensor in reader.tensors):
+        return "per-frequency factors in rope_freqs.weight, as LLaMA 3.x has"
+    arch = reader.fields["general.architecture"].contents()
+    values = {key: reader.fields[f"{arch}.rope.{key}"].contents()
+              for key in ("scaling.type", "scaling.factor", "scale_linear") if f"{arch}.rope.{key}" in reader.fields}
+    factor = values.get("scaling.factor", values.get("scale_linear"))
+    kind = values.get("scaling.type", "none" if factor is None else "linear")
+    if kind == "none" or factor == 1.0:
+        return None
+    return f"{kind}, factor {factor}"
+
+
 def _load_gguf(path: Path, dtype: torch.dtype) -> ComposerLlama:
     from transformers import AutoModelForCausalLM
 
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        rope_scaling = _gguf_rope_scaling(path)
+        if rope_scaling is None:
+            hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                            dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001 - the GGUF reader raises many types for a damaged file
         raise CheckpointError(f"{path} cannot be read as a GGUF model: {first_line(exc)}") from exc
+    if rope_scaling is not None:
+        raise CheckpointError(f"{path} has RoPE scaling ({rope_scaling}), which transformers' GGUF reader drops "
+                              "(it would be a different model); convert the Hugging Face checkpoint instead")
     return build_model(_our_config(hf_model.config, path), [hf_model.state_dict()], dtype, path)
