@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from llmshearing.devices import add_device_argument  # noqa: E402
+from llmshearing.devices import add_device_argument, chosen_device  # noqa: E402
 from shapes import SHAPES  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -246,6 +246,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="also append the JSON lines to this file")
     parser.add_argument("--markdown", type=Path, help="write the table to this file")
     args = parser.parse_args(argv)
+    args.device = chosen_device(args.device)
     if args.new_tokens < 2 or args.prompt_len < 1 or args.batch < 1 or args.repeats < 1:
         parser.error("--new-tokens must be >= 2 and --prompt-len, --batch, --repeats >= 1")
     if args.semi_structured and (not args.device.startswith("cuda") or args.dtype == "fp32"):

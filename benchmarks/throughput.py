@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from llmshearing.devices import add_device_argument  # noqa: E402
+from llmshearing.devices import add_device_argument, chosen_device  # noqa: E402
 from llmshearing.model import LlamaConfig  # noqa: E402
 from llmshearing.model.composer_model import ComposerLlama  # noqa: E402
 from llmshearing.model.llama import DecoderLayer  # noqa: E402
@@ -240,7 +240,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
+    device = torch.device(chosen_device(args.device))
     if args.fsdp:
         init_single_rank(device)
     torch.manual_seed(0)

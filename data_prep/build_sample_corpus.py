@@ -17,15 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-from llmshearing.assets import (SMOLLM2_DISTRIBUTION, SMOLLM2_GGUF_NAME, AssetError,
-                                load_tokenizer, smollm2_gguf_path, smollm2_package_version)
-from llmshearing.data.corpus_builder import BuildOptions, CorpusBuildError, build_corpus
-from llmshearing.data.fetch import DEFAULT_CACHE_DIR, FetchError
+from llmshearing.assets import (SMOLLM2_DISTRIBUTION, SMOLLM2_GGUF_NAME, load_tokenizer, smollm2_gguf_path,
+                                smollm2_package_version)
+from llmshearing.cli.command import command_parser, run_cli
+from llmshearing.data.corpus_builder import BuildOptions, build_corpus
+from llmshearing.data.fetch import DEFAULT_CACHE_DIR
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = BuildOptions()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="corpus output directory")
     parser.add_argument("--seq-len", type=int, default=defaults.seq_len,
                         help="tokens per stored sample (default %(default)s)")
@@ -40,7 +40,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"{SMOLLM2_GGUF_NAME} from pip package {SMOLLM2_DISTRIBUTION})")
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="seed of the train/eval document split (default %(default)s)")
-    return parser.parse_args(argv)
+    parser.set_defaults(work=build)
 
 
 def _tokenizer_and_description(path: Path | None):
@@ -52,24 +52,22 @@ def _tokenizer_and_description(path: Path | None):
     return load_tokenizer(path), f"tokenizer loaded from {path}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
+def build(args: argparse.Namespace) -> None:
     options = BuildOptions(seq_len=args.seq_len,
                            max_train_tokens=args.max_train_tokens_per_domain,
                            max_eval_tokens=args.max_eval_tokens_per_domain, seed=args.seed)
     started = time.monotonic()
-    try:
-        options.validate()
-        tokenizer, description = _tokenizer_and_description(args.tokenizer)
-        print(f"tokenizer: {description} (vocab {len(tokenizer)})", flush=True)
-        manifest = build_corpus(args.out, options, tokenizer, description, args.cache_dir,
-                                log=lambda line: print(line, flush=True))
-    except (AssetError, CorpusBuildError, FetchError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    options.validate()
+    tokenizer, description = _tokenizer_and_description(args.tokenizer)
+    print(f"tokenizer: {description} (vocab {len(tokenizer)})", flush=True)
+    manifest = build_corpus(args.out, options, tokenizer, description, args.cache_dir,
+                            log=lambda line: print(line, flush=True))
     print(f"wrote {len(manifest['domains'])} domains to {args.out} "
           f"in {time.monotonic() - started:.1f}s", flush=True)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(command_parser("data_prep/build_sample_corpus.py", __doc__, add_arguments), argv)
 
 
 if __name__ == "__main__":

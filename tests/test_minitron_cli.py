@@ -49,6 +49,7 @@ def test_cli_prunes_to_the_target_and_exports_a_model_transformers_loads(source,
                               "--target", TARGET, *FAST)
     assert code == 0, err
     assert stdout.strip().splitlines()[-1] == str(out)
+    assert "calibration: 10 sequences of 32 tokens" in err and "scoring the model" in err  # progress as it goes
     hf = AutoModelForCausalLM.from_pretrained(out).eval()
     config = hf.config
     assert (config.hidden_size, config.num_attention_heads, config.num_key_value_heads,

@@ -178,7 +178,7 @@ def prepared(capsys, *args) -> dict:
 def assert_error(result: tuple[int, str, str], out: Path | None, *needles: str) -> str:
     code, _, err = result
     lines = err.strip().splitlines()
-    assert code == 1, err
+    assert code == 2, err  # bad input
     assert lines and lines[-1].startswith("error: "), err
     assert "Traceback" not in err
     message = lines[-1]

@@ -96,7 +96,7 @@ def test_a_failed_upload_is_one_line_and_the_same_command_retries_it(inputs, tmp
 
 
 def test_pieces_with_a_remote_out_are_refused_naming_the_merge_upload(inputs, capsys):
-    assert main(prepare_args(inputs, "s3://bucket/corpus", "--num-shards", "2", "--shard-index", "0")) == 1
+    assert main(prepare_args(inputs, "s3://bucket/corpus", "--num-shards", "2", "--shard-index", "0")) == 2
     assert "merge DIR --upload s3://bucket/corpus" in capsys.readouterr().err
 
 

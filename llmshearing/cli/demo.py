@@ -1,8 +1,10 @@
-"""`make demo`: build the sample corpus, prune SmolLM2-135M with L0 masks and dynamic batch loading,
+"""The whole pipeline on CPU in minutes: prune SmolLM2-135M with L0 masks and dynamic batch loading,
 slice, export to HF, continue pre-training the pruned model (dynamic loading again), export that.
 
-Each step is the user-facing command a person would run by hand; the last line printed is the
-exported Hugging Face model directory.
+    llmshearing demo [--out demo_out]      (also: make demo, python -m llmshearing.cli.demo)
+
+It first builds the sample corpus. Each step is the command a person would run by hand; the last
+line printed is the exported Hugging Face model directory.
 """
 from __future__ import annotations
 
@@ -11,6 +13,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional, Sequence
+
+from llmshearing.cli.command import command_parser, run_cli
+from llmshearing.errors import RunFailedError
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_YAML = REPO / "yamls" / "demo_smollm2_prune.yaml"
@@ -22,46 +28,51 @@ def run_step(title: str, command: list) -> None:
     started = time.time()
     result = subprocess.run([str(c) for c in command], cwd=REPO)
     if result.returncode != 0:
-        raise SystemExit(f"demo step failed ({title}), exit code {result.returncode}")
+        raise RunFailedError(f"demo step failed ({title}), exit code {result.returncode}")
     print(f"--- {title}: {time.time() - started:.0f} s", flush=True)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="folder for the corpus, checkpoints and exported model")
     parser.add_argument("--steps", type=int, default=None, help="pruning steps (default: the demo yaml's)")
     parser.add_argument("--cpt-steps", type=int, default=None, help="continued pre-training steps (default: the yaml's)")
-    args = parser.parse_args(argv)
+    parser.set_defaults(work=demo)
+
+
+def demo(args: argparse.Namespace) -> None:
     out = Path(args.out).resolve()
     corpus, run, exported = out / "corpus", out / "prune", out / "hf_pruned"
     references, cpt_run, cpt_exported = out / "reference_losses.json", out / "cpt", out / "hf_cpt"
-    python = sys.executable
+    llmshearing = [sys.executable, "-m", "llmshearing"]
     print("llmshearing demo: a DEMONSTRATION of the pipeline on CPU, not a converged pruning run.")
     if not (corpus / "manifest.json").exists():
-        run_step("build the sample corpus", [python, REPO / "data_prep" / "build_sample_corpus.py", "--out", corpus])
+        run_step("build the sample corpus",
+                 [sys.executable, REPO / "data_prep" / "build_sample_corpus.py", "--out", corpus])
     run_step("reference losses: the source model's own loss per domain (for dynamic batch loading)",
-             [python, "-m", "llmshearing.data.reference_loss", "--model", "smollm2", "--data", corpus,
+             [*llmshearing, "reference-loss", "--model", "smollm2", "--data", corpus,
               "--out", references, "--seq-len", "128", "--batches", "2", "--batch-size", "4"])
     overrides = [f"data.path={corpus}", f"save_folder={run}", f"dynamic_loading.reference_losses_file={references}"]
     if args.steps:
         overrides.append(f"max_duration={args.steps}ba")
-    run_step("prune SmolLM2-135M with L0 masks and dynamic batch loading", [python, REPO / "train.py", DEMO_YAML, *overrides])
-    run_step(
-        "slice with the final masks and export to Hugging Face",
-        [python, "-m", "llmshearing.convert", "composer-to-hf", run / "latest-rank0.pt", exported, "--prune"],
-    )
+    run_step("prune SmolLM2-135M with L0 masks and dynamic batch loading",
+             [*llmshearing, "train", DEMO_YAML, *overrides])
+    run_step("slice with the final masks and export to Hugging Face",
+             [*llmshearing, "export", run / "latest-rank0.pt", exported, "--prune"])
     cpt_overrides = [f"model.path={exported}", f"data.path={corpus}", f"save_folder={cpt_run}",
                      f"dynamic_loading.reference_losses_file={references}"]
     if args.cpt_steps:
         cpt_overrides.append(f"max_duration={args.cpt_steps}ba")
     run_step("continued pre-training of the pruned model with dynamic batch loading",
-             [python, REPO / "train.py", CPT_YAML, *cpt_overrides])
+             [*llmshearing, "train", CPT_YAML, *cpt_overrides])
     run_step("export the continued model to Hugging Face",
-             [python, "-m", "llmshearing.convert", "composer-to-hf", cpt_run / "latest-rank0.pt", cpt_exported])
+             [*llmshearing, "export", cpt_run / "latest-rank0.pt", cpt_exported])
     print("\nThis was a short demonstration run; quality needs the full pruning + continued pre-training recipe.")
     print(f"pruned model: {exported}; domain weights: {run / 'domain_weights.png'}, {cpt_run / 'domain_weights.png'}")
     print(cpt_exported)
-    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m llmshearing.cli.demo") -> int:
+    return run_cli(command_parser(prog, __doc__, add_arguments), argv)
 
 
 if __name__ == "__main__":

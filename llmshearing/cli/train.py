@@ -1,44 +1,48 @@
-"""Command-line entry of train.py: one-line errors for bad input, exit codes a script can test."""
+"""Train (prune / continue pre-training) from a yaml with omegaconf dot-list overrides.
+
+    llmshearing train CONFIG.yaml [key=value ...]
+    composer -n 8 -m llmshearing train CONFIG.yaml [key=value ...]    # one process per GPU
+    composer train.py CONFIG.yaml [key=value ...]                     # the same, as Composer users start runs
+
+Bad input gives one ``error: ...`` line and exit code 2 before training starts; a NaN/inf loss
+stops the run with exit code 3.
+"""
 from __future__ import annotations
 
-import sys
-from typing import Sequence
+import argparse
+from typing import Optional, Sequence
 
-EXIT_BAD_INPUT = 2
-EXIT_NONFINITE = 3
+from llmshearing.cli.command import command_parser, run_cli
 
-
-def one_line(exc: BaseException) -> str:
-    """The message on one line. An exception re-raised from a DataLoader worker carries the
-    worker's traceback ("Caught CorpusError in DataLoader worker process 0. ..."): its last
-    line holds the original message."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
-        return lines[-1].split(": ", 1)[-1]
-    return " ".join(lines)
+DEFAULT_PROG = "train.py"
 
 
-def main(argv: Sequence[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: train.py CONFIG.yaml [key=value ...]   (omegaconf dot-list overrides)")
-        return 0 if argv else EXIT_BAD_INPUT
-    from llmshearing.composer.nan_guard import NonFiniteLossError
-    from llmshearing.config import load_config
-    from llmshearing.errors import LLMShearingError
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="run yaml (see yamls/)")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                        help="omegaconf dot-list overrides, e.g. max_duration=10ba data.path=DIR")
+    parser.set_defaults(work=train)
+
+
+def fit(cfg) -> Optional[str]:
+    """Train as the config says; returns the run's checkpoint folder (None when it saves none)."""
+    from composer.utils import format_name_with_dist
+
     from llmshearing.training import build_trainer
 
-    try:
-        cfg = load_config(argv[0], argv[1:])
-        trainer = build_trainer(cfg)
-        trainer.fit()
-    except (LLMShearingError, FileNotFoundError) as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except NonFiniteLossError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return EXIT_NONFINITE
-    if cfg.save_folder:
-        from composer.utils import format_name_with_dist
+    trainer = build_trainer(cfg)
+    trainer.fit()
+    return format_name_with_dist(cfg.save_folder, trainer.state.run_name) if cfg.save_folder else None
 
-        print(f"run finished; checkpoints in {format_name_with_dist(cfg.save_folder, trainer.state.run_name)}")
-    return 0
+
+def train(args: argparse.Namespace) -> None:
+    from llmshearing.config import load_config
+
+    folder = fit(load_config(args.config, args.overrides))
+    if folder:
+        print(f"run finished; checkpoints in {folder}")
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = DEFAULT_PROG) -> int:
+    # Composer's Trainer sets up logging for the run (each line tagged with its rank)
+    return run_cli(command_parser(prog, __doc__, add_arguments), argv, progress_logs=False)

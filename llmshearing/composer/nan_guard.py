@@ -20,13 +20,16 @@ from composer.utils import dist
 
 from llmshearing.checkpoint_files import is_partial, point_link
 from llmshearing.composer.run_artifacts import local_run_folder
+from llmshearing.errors import RunFailedError
 
 log = logging.getLogger(__name__)
 CHECKPOINT_BATCH = re.compile(r"-ba(\d+)-rank(\d+)\.pt$")
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(RunFailedError):
+    """The loss became NaN/inf: the run stopped before the optimizer step (exit code 3)."""
+
+    exit_code = 3
 
 
 class StopOnNonFiniteLoss(Callback):

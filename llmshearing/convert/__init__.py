@@ -1,11 +1,5 @@
 """Conversion between Hugging Face / GGUF models, Composer checkpoints and HF exports."""
-from llmshearing.convert.composer_checkpoint import (
-    load_composer_model,
-    read_composer_checkpoint,
-    save_composer_checkpoint,
-)
-from llmshearing.convert.export import export_hf
-from llmshearing.convert.sources import detect_format, load_model
+from llmshearing.lazy_exports import lazy_exports
 
 __all__ = [
     "detect_format",
@@ -15,3 +9,11 @@ __all__ = [
     "read_composer_checkpoint",
     "save_composer_checkpoint",
 ]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "load_composer_model": "composer_checkpoint",
+    "read_composer_checkpoint": "composer_checkpoint",
+    "save_composer_checkpoint": "composer_checkpoint",
+    "export_hf": "export",
+    "detect_format": "sources",
+    "load_model": "sources",
+})

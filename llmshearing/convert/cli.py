@@ -1,7 +1,8 @@
-"""``python -m llmshearing.convert``: HF/GGUF → Composer checkpoint, Composer checkpoint → HF.
+"""HF/GGUF → Composer checkpoint (``llmshearing import``), Composer checkpoint → HF (``llmshearing export``).
 
-    python -m llmshearing.convert hf-to-composer SRC DST
-    python -m llmshearing.convert composer-to-hf SRC DST [--prune] [--tokenizer PATH]
+    llmshearing import SRC DST
+    llmshearing export SRC DST [--prune] [--tokenizer PATH]
+    python -m llmshearing.convert hf-to-composer|composer-to-hf ...     # the same, older spelling
 
 Progress goes to stdout and its last line is the output path; warnings go to stderr. Bad input
 gives one ``error: ...`` line on stderr and exit code 2.
@@ -13,15 +14,14 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
-from llmshearing.assets import save_tokenizer
+from llmshearing.cli.command import CommandParser, command_parser, run_cli
 from llmshearing.convert.messages import first_line
-from llmshearing.errors import CheckpointError, LLMShearingError
+from llmshearing.devices import torch_dtype
+from llmshearing.errors import CheckpointError
 
-EXIT_BAD_INPUT = 2
 TOKENIZER_DIR = "tokenizer"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
+DEFAULT_PROG = "python -m llmshearing.convert"
 
 
 def _say(message: str) -> None:
@@ -75,12 +75,13 @@ def _tokenizer_for_export(checkpoint: Path, explicit: Optional[str]):
 
 
 # ---- commands -----------------------------------------------------------------------------------
-def hf_to_composer(src: Path, dst: Path, dtype: torch.dtype) -> Path:
+def hf_to_composer(src: Path, dst: Path, dtype: str = "float32") -> Path:
+    from llmshearing.assets import save_tokenizer
     from llmshearing.convert.composer_checkpoint import save_composer_checkpoint
     from llmshearing.convert.sources import detect_format, load_model
 
     _say(f"reading {detect_format(src)} model {src}")
-    model = load_model(src, dtype=dtype)
+    model = load_model(src, dtype=torch_dtype(dtype))
     _say(f"model: {_describe(model.config)}")
     tokenizer = _tokenizer_from_source(src)
     _say(f"writing Composer checkpoint {dst}")
@@ -91,7 +92,7 @@ def hf_to_composer(src: Path, dst: Path, dtype: torch.dtype) -> Path:
     return dst
 
 
-def composer_to_hf(src: Path, dst: Path, prune: bool, tokenizer_path: Optional[str], dtype: torch.dtype) -> Path:
+def composer_to_hf(src: Path, dst: Path, prune: bool, tokenizer_path: Optional[str], dtype: str = "float32") -> Path:
     from llmshearing.convert.composer_checkpoint import load_composer_model
     from llmshearing.convert.export import export_hf
     from llmshearing.convert.weights import cast_parameters
@@ -106,7 +107,7 @@ def composer_to_hf(src: Path, dst: Path, prune: bool, tokenizer_path: Optional[s
         llama, plan = _prune(model, l0_state, src)
     elif l0_state is not None:
         _say("note: the checkpoint holds L0 masks; exporting the full model (--prune slices it to the masks' target)")
-    cast_parameters(llama, dtype)
+    cast_parameters(llama, torch_dtype(dtype))
     _say(f"writing Hugging Face model {dst}")
     return export_hf(llama, dst, tokenizer=tokenizer, plan=plan)
 
@@ -129,35 +130,44 @@ def _prune(model, l0_state: Optional[dict], src: Path):
 
 
 # ---- entry --------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m llmshearing.convert",
-                                     description="Convert between HF / GGUF models and Composer checkpoints.")
+IMPORT_SUMMARY = "HF model dir or .gguf file -> Composer checkpoint (.pt)"
+EXPORT_SUMMARY = "Composer checkpoint -> HF model dir (--prune: sliced with its L0 masks)"
+
+
+def add_import_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", type=Path, help="Hugging Face model directory or .gguf file")
+    parser.add_argument("dst", type=Path, help="Composer checkpoint file to write (.pt); "
+                        f"the tokenizer goes to {TOKENIZER_DIR}/ beside it")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="weight dtype written")
+    parser.set_defaults(work=lambda args: print(hf_to_composer(args.src, args.dst, args.dtype)))
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", type=Path, help="Composer checkpoint (ours or one the Trainer wrote)")
+    parser.add_argument("dst", type=Path, help="output Hugging Face model directory")
+    parser.add_argument("--prune", action="store_true", help="slice the model with the checkpoint's L0 masks")
+    parser.add_argument("--tokenizer", help=f"HF dir or .gguf to take the tokenizer from "
+                        f"(default: {TOKENIZER_DIR}/ beside SRC)")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="weight dtype written")
+    parser.set_defaults(work=lambda args: print(composer_to_hf(args.src, args.dst, args.prune, args.tokenizer,
+                                                               args.dtype)))
+
+
+def build_parser(prog: str = DEFAULT_PROG) -> argparse.ArgumentParser:
+    parser = CommandParser(prog=prog, description="Convert between HF / GGUF models and Composer checkpoints.")
     commands = parser.add_subparsers(dest="command", required=True)
-    to_composer = commands.add_parser("hf-to-composer", help="HF model dir or .gguf file -> Composer checkpoint (.pt)")
-    to_composer.add_argument("src", type=Path, help="Hugging Face model directory or .gguf file")
-    to_composer.add_argument("dst", type=Path, help="Composer checkpoint file to write (.pt); "
-                             f"the tokenizer goes to {TOKENIZER_DIR}/ beside it")
-    to_hf = commands.add_parser("composer-to-hf", help="Composer checkpoint -> HF model dir")
-    to_hf.add_argument("src", type=Path, help="Composer checkpoint (ours or one the Trainer wrote)")
-    to_hf.add_argument("dst", type=Path, help="output Hugging Face model directory")
-    to_hf.add_argument("--prune", action="store_true", help="slice the model with the checkpoint's L0 masks")
-    to_hf.add_argument("--tokenizer", help=f"HF dir or .gguf to take the tokenizer from "
-                       f"(default: {TOKENIZER_DIR}/ beside SRC)")
-    for command in (to_composer, to_hf):
-        command.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weight dtype written")
+    add_import_arguments(commands.add_parser("hf-to-composer", help=IMPORT_SUMMARY, description=IMPORT_SUMMARY))
+    add_export_arguments(commands.add_parser("composer-to-hf", help=EXPORT_SUMMARY, description=EXPORT_SUMMARY))
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    dtype = DTYPES[args.dtype]
-    try:
-        if args.command == "hf-to-composer":
-            out = hf_to_composer(args.src, args.dst, dtype)
-        else:
-            out = composer_to_hf(args.src, args.dst, args.prune, args.tokenizer, dtype)
-    except (LLMShearingError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(out)
-    return 0
+def main(argv: Optional[Sequence[str]] = None, prog: str = DEFAULT_PROG) -> int:
+    return run_cli(build_parser(prog), argv)
+
+
+def import_main(argv: Optional[Sequence[str]] = None, prog: str = "llmshearing import") -> int:
+    return run_cli(command_parser(prog, IMPORT_SUMMARY, add_import_arguments), argv)
+
+
+def export_main(argv: Optional[Sequence[str]] = None, prog: str = "llmshearing export") -> int:
+    return run_cli(command_parser(prog, EXPORT_SUMMARY, add_export_arguments), argv)

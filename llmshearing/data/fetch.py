@@ -15,12 +15,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmshearing.errors import RunFailedError
+
 DEFAULT_CACHE_DIR = Path("~/.cache/llmshearing/corpus_sources").expanduser()
 _COMPLETE_MARKER = ".complete"
 _TREE_DIR = "tree"
 
 
-class FetchError(RuntimeError):
+class FetchError(RunFailedError):
     """A package could not be downloaded or unpacked."""
 
 

@@ -1,6 +1,7 @@
 """Reference losses for dynamic batch loading: compute them from a model, or read them from JSON.
 
-    python -m llmshearing.data.reference_loss --model SRC --data DIR --out refs.json
+    llmshearing reference-loss --model SRC --data DIR --out refs.json
+    python -m llmshearing.data.reference_loss ...     # the same, older spelling
 
 scores SRC (an HF dir, a .gguf file, a Composer checkpoint, or "smollm2") on each domain's eval
 split and writes ``{"reference_losses": {domain: mean next-token loss}, ...}``. When no scaling
@@ -18,13 +19,12 @@ import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-import torch
+from llmshearing.cli.command import command_parser, run_cli
+from llmshearing.devices import add_device_argument, chosen_device, torch_dtype
+from llmshearing.errors import ConfigError
 
-from llmshearing.devices import add_device_argument
-from llmshearing.errors import ConfigError, LLMShearingError
-
-EXIT_BAD_INPUT = 2
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPE_NAMES = ("bfloat16", "float32")
+DEFAULT_PROG = "python -m llmshearing.data.reference_loss"
 
 
 def read_reference_losses(path: str | Path) -> Dict[str, float]:
@@ -50,7 +50,7 @@ def read_reference_losses(path: str | Path) -> Dict[str, float]:
 
 def compute_reference_losses(model_path: str, data_dir: str, domains: Optional[Sequence[str]] = None,
                              batches: int = 8, batch_size: int = 8, seq_len: Optional[int] = None,
-                             device: str = "cpu", dtype: torch.dtype = torch.float32) -> Dict[str, float]:
+                             device: str = "cpu", dtype: str = "float32") -> Dict[str, float]:
     from llmshearing.convert.sources import load_model
     from llmshearing.data.corpus import load_manifest
     from llmshearing.data.domain_loss import domain_loss_sums
@@ -61,7 +61,7 @@ def compute_reference_losses(model_path: str, data_dir: str, domains: Optional[S
     domains = list(domains or manifest["domains"])
     loaders = build_eval_dataloaders(data_dir, domains, batch_size=batch_size,
                                      seq_len=seq_len or int(manifest["seq_len"]), max_batches=batches)
-    model = load_model(resolve_model_path(model_path), dtype=dtype).to(device).eval()
+    model = load_model(resolve_model_path(model_path), dtype=torch_dtype(dtype)).to(device).eval()
 
     def to_device(batch):
         return {key: value.to(device) for key, value in batch.items()}
@@ -70,8 +70,7 @@ def compute_reference_losses(model_path: str, data_dir: str, domains: Optional[S
     return {domain: float(total / count) for domain, total, count in zip(domains, sums, counts)}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="HF dir, .gguf, Composer checkpoint or 'smollm2'")
     parser.add_argument("--data", required=True, help="corpus dir with <domain>/eval MDS splits")
     parser.add_argument("--out", required=True, help="JSON file to write")
@@ -80,14 +79,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, help="default: the corpus's sample length")
     add_device_argument(parser)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    args = parser.parse_args(argv)
-    try:
-        losses = compute_reference_losses(args.model, args.data, args.domains, args.batches,
-                                          args.batch_size, args.seq_len, args.device, DTYPES[args.dtype])
-    except (LLMShearingError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
+    parser.set_defaults(work=compute_and_write)
+
+
+def compute_and_write(args: argparse.Namespace) -> None:
+    losses = compute_reference_losses(args.model, args.data, args.domains, args.batches, args.batch_size,
+                                      args.seq_len, chosen_device(args.device), args.dtype)
     for domain, loss in losses.items():
         print(f"{domain}: {loss:.4f}")
     out = Path(args.out)
@@ -96,7 +94,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "batches": args.batches, "batch_size": args.batch_size, "seq_len": args.seq_len}
     out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(out)
-    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = DEFAULT_PROG) -> int:
+    return run_cli(command_parser(prog, __doc__, add_arguments), argv)
 
 
 if __name__ == "__main__":

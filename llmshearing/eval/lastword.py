@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence
 
+from llmshearing.cli.command import command_parser, run_cli
+
 DEFAULT_OUT = Path(__file__).parent / "lm_eval_tasks" / "corpus_lastword.jsonl"
 PROSE_DOMAINS = ("prose", "encyclopedia", "technical", "mail")  # code has no "last word"
 SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+")
@@ -53,18 +55,23 @@ def lastword_examples(data_dir, per_domain: int, min_words: int, domains: Sequen
                 break
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="corpus dir from data_prep/build_sample_corpus.py")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--per-domain", type=int, default=16)
     parser.add_argument("--min-words", type=int, default=40)
-    args = parser.parse_args(argv)
+    parser.set_defaults(work=write_examples)
+
+
+def write_examples(args: argparse.Namespace) -> None:
     examples = list(lastword_examples(args.data, args.per_domain, args.min_words))
     args.out.write_text("".join(json.dumps(e) + "\n" for e in examples), encoding="utf-8")
     print(f"{len(examples)} examples")
     print(args.out)
-    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_cli(command_parser("python -m llmshearing.eval.lastword", __doc__, add_arguments), argv)
 
 
 if __name__ == "__main__":

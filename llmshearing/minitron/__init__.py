@@ -2,8 +2,8 @@
 
 Distillation (the recovery training) is the Composer algorithm in llmshearing/composer/distillation.py.
 """
-from llmshearing.minitron.importance import Importance
-from llmshearing.minitron.scoring import estimate_importance
-from llmshearing.minitron.selection import build_plan
+from llmshearing.lazy_exports import lazy_exports
 
 __all__ = ["Importance", "build_plan", "estimate_importance"]
+__getattr__, __dir__ = lazy_exports(__name__, {"Importance": "importance", "build_plan": "selection",
+                                               "estimate_importance": "scoring"})

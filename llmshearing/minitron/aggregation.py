@@ -11,8 +11,8 @@ from typing import Callable, Dict
 import torch
 
 from llmshearing.errors import ConfigError
+from llmshearing.minitron.choices import AGGREGATIONS
 
-AGGREGATIONS = ("mean", "l2", "var")
 
 SEQUENCE_REDUCTIONS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "mean": lambda values: values.mean(dim=1),

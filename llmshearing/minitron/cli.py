@@ -1,7 +1,7 @@
 """Minitron: prune by activation importance to a target shape, or search shapes within a parameter budget.
 
-    python -m llmshearing.prune minitron --model SRC --data DIR --out DST --target hidden_size=384,...
-    python -m llmshearing.prune minitron --model SRC --data DIR --out DST --search --param-budget 70M
+    llmshearing prune minitron --model SRC --data DIR --out DST --target hidden_size=384,...
+    llmshearing prune minitron --model SRC --data DIR --out DST --search --param-budget 70M
 
 DST receives the HF model (+ tokenizer, pruning_plan.json), importance.json (reuse it with
 --importance to re-slice to another target without recomputing) and, for a search, search.md/.csv.
@@ -13,15 +13,15 @@ import logging
 from pathlib import Path
 
 from llmshearing.errors import ConfigError
-from llmshearing.minitron.aggregation import AGGREGATIONS
-from llmshearing.minitron.importance import DEPTH_METRICS, IMPORTANCE_FILE, Importance
-from llmshearing.minitron.scoring import ORDERS, estimate_importance
-from llmshearing.minitron.selection import DEPTH_SELECTIONS, build_plan
+from llmshearing.minitron.choices import AGGREGATIONS, DEPTH_METRICS, DEPTH_SELECTIONS, IMPORTANCE_FILE, ORDERS
+from llmshearing.prune.cli import add_calibration_arguments, add_source_arguments
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_source_arguments(parser)
+    add_calibration_arguments(parser)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--target", help="target shape, e.g. hidden_size=384,num_attention_heads=6,"
                       "num_key_value_heads=2,num_hidden_layers=20,intermediate_size=1024 (missing keys: unchanged)")
@@ -57,14 +57,19 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise ConfigError("--search scores the source once (--order joint); depth-first / width-first need --target")
 
 
-def _importance(args, source, target) -> Importance:
+def _importance(args, source, target):
     from llmshearing.data.calibration import calibration_batches
+    from llmshearing.minitron.importance import Importance
+    from llmshearing.minitron.scoring import estimate_importance
 
     if args.importance:
         importance = Importance.load(args.importance)
         importance.check_source(source.config)
+        log.info("importance scores read from %s", args.importance)
         return importance
     batches = calibration_batches(args.data, args.calib_samples, args.seq_len, args.batch_size, args.seed)
+    log.info("calibration: %d sequences of %d tokens from %s", sum(len(b) for b in batches),
+             batches[0].shape[1], args.data)
     importance = estimate_importance(
         source, batches, order=args.order, target=target, depth_metric=args.depth_metric,
         depth_selection=args.depth_selection, sequence=args.seq_agg, batch=args.batch_agg)
@@ -74,6 +79,8 @@ def _importance(args, source, target) -> Importance:
 
 def run(args: argparse.Namespace) -> Path:
     from llmshearing.convert import export_hf, load_model
+    from llmshearing.devices import chosen_device
+    from llmshearing.minitron.selection import build_plan
     from llmshearing.prune.cli import load_output_tokenizer, parse_target
     from llmshearing.shape import TargetShape
     from llmshearing.slicing import slice_model
@@ -81,7 +88,11 @@ def run(args: argparse.Namespace) -> Path:
 
     _check_arguments(args)
     args.model = resolve_model_path(args.model)
+    args.device = chosen_device(args.device)
     source = load_model(args.model).model.to(args.device).eval()
+    source.config.require_uniform("Minitron")  # before the tokenizer and the calibration set are read
+    log.info("source %s: %.1fM parameters, on %s", args.model, sum(p.numel() for p in source.parameters()) / 1e6,
+             args.device)
     tokenizer = load_output_tokenizer(args)
     if args.search:
         from llmshearing.minitron.candidates import candidate_shapes, parse_budget
@@ -96,6 +107,7 @@ def run(args: argparse.Namespace) -> Path:
         importance = _importance(args, source, target)
         plan = build_plan(importance, target, depth_metric=args.depth_metric, depth_selection=args.depth_selection)
         model = slice_model(source, plan)
+    log.info("writing %s", args.out)
     out = export_hf(model, args.out, tokenizer=tokenizer, plan=plan)
     importance.save(out / IMPORTANCE_FILE)
     if args.search:

@@ -16,11 +16,10 @@ from typing import Dict
 import torch
 
 from llmshearing.errors import ConfigError
+from llmshearing.minitron.choices import DEPTH_METRICS, IMPORTANCE_FILE
 from llmshearing.model.config import LlamaConfig
 
-IMPORTANCE_FILE = "importance.json"
 FORMAT = "llmshearing.minitron.importance/1"
-DEPTH_METRICS = ("block_importance", "lm_loss")
 
 
 @dataclass

@@ -10,6 +10,7 @@ The second pass runs on the masked source model, so every score keeps source ind
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Optional, Sequence
 
 import torch
@@ -18,13 +19,14 @@ from llmshearing.errors import ConfigError
 from llmshearing.minitron.activations import record_activations
 from llmshearing.minitron.aggregation import check_aggregation
 from llmshearing.minitron.depth import layer_removal_loss_increase
-from llmshearing.minitron.importance import DEPTH_METRICS, Importance
+from llmshearing.minitron.choices import DEPTH_METRICS, ORDERS
+from llmshearing.minitron.importance import Importance
 from llmshearing.minitron.selection import build_plan, select_layers
 from llmshearing.model.llama import LlamaForCausalLM
 from llmshearing.plan import PruningPlan
 from llmshearing.shape import TargetShape
 
-ORDERS = ("joint", "depth-first", "width-first")
+log = logging.getLogger(__name__)
 WIDTH_KEYS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size")
 
 
@@ -52,9 +54,13 @@ def estimate_importance(
                 "calibration": {"samples": sum(len(b) for b in batches), "seq_len": int(batches[0].shape[1])}}
 
     def score(masks=None, layers=None, loss_depth=True) -> Importance:
+        log.info("scoring %s: activations of %d calibration batches", "the masked model" if masks else "the model",
+                 len(batches))
         acts = record_activations(model, batches, sequence=sequence, batch=batch, layers=layers, masks=masks)
         depth = {"block_importance": acts.block_importance}
         if depth_metric == "lm_loss" and loss_depth:  # one forward per layer: only where it is used
+            log.info("scoring depth by lm_loss: %d batches per layer removed, %d layers",
+                     len(batches), model.config.num_hidden_layers)
             depth["lm_loss"] = layer_removal_loss_increase(model, batches, masks)
         return Importance(model.config.to_dict(), acts.hidden, acts.heads, acts.neurons, depth, dict(metadata))
 

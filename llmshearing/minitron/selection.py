@@ -16,7 +16,6 @@ from llmshearing.minitron.importance import Importance
 from llmshearing.plan import LayerPlan, PruningPlan
 from llmshearing.shape import TargetShape
 
-DEPTH_SELECTIONS = ("top", "contiguous")
 
 
 def top_indices(scores: torch.Tensor, k: int) -> List[int]:

@@ -1,24 +1,27 @@
-"""Dispatcher for `python -m llmshearing.prune METHOD`; methods register by name.
+"""Prune a model to a smaller one and write it as a Hugging Face model dir (printed as the last line).
 
-A method module provides ``add_arguments(parser)`` and ``run(args) -> Path`` (the exported HF
-model dir, printed as the last line). Common options (model, data, output, calibration set) are
-added here once.
+    llmshearing prune METHOD --model SRC --data DIR --out DST ...    (also: python -m llmshearing.prune)
+    llmshearing prune METHOD --help                                  the method's own options
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
+from llmshearing.cli.command import command_parser, run_cli
 from llmshearing.devices import add_device_argument
 from llmshearing.errors import LLMShearingError, ShapeError
 
+# A method module provides add_arguments(parser) and run(args) -> Path (None on the other ranks of a
+# multi-GPU run), and is light to import: torch comes in with run, so --help answers at once.
 METHODS = {
+    "sheared": "llmshearing.sheared.cli",
     "minitron": "llmshearing.minitron.cli",
     "surgeon": "llmshearing.surgeon.cli",
 }
-EXIT_BAD_INPUT = 2
+DEFAULT_PROG = "python -m llmshearing.prune"
 
 
 def parse_target(text: str) -> dict:
@@ -35,16 +38,21 @@ def parse_target(text: str) -> dict:
     return values
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="source: HF dir, .gguf file or Composer checkpoint")
-    parser.add_argument("--data", required=True, help="corpus dir (data_prep/build_sample_corpus.py)")
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every method reads and writes."""
+    parser.add_argument("--model", required=True, help="source: HF dir, .gguf file, Composer checkpoint or 'smollm2'")
+    parser.add_argument("--data", required=True, help="corpus dir (llmshearing prepare)")
     parser.add_argument("--out", required=True, help="output HF model dir")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer to save with the output (default: the source's)")
+
+
+def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    """The one-shot methods' calibration set."""
     parser.add_argument("--calib-samples", type=int, default=1024, help="calibration sequences (paper: 1024)")
     parser.add_argument("--seq-len", type=int, default=None, help="calibration sequence length (default: corpus's)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     add_device_argument(parser)
-    parser.add_argument("--tokenizer", default=None, help="tokenizer to save with the output (default: the source's)")
 
 
 def load_output_tokenizer(args: argparse.Namespace):
@@ -61,29 +69,25 @@ def load_output_tokenizer(args: argparse.Namespace):
         return None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m llmshearing.prune", description=__doc__.splitlines()[0])
-    methods = parser.add_subparsers(dest="method", required=True)
+def printing_output(run: Callable[[argparse.Namespace], object]) -> Callable[[argparse.Namespace], None]:
+    """The method's run, then its output dir as the last line (none on the other ranks of a multi-GPU run)."""
+    def work(args: argparse.Namespace) -> None:
+        out = run(args)
+        if out is not None:
+            print(out)
+    return work
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    methods = parser.add_subparsers(dest="method", required=True, metavar="METHOD")
     for name, module_name in METHODS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue  # method not installed in this version
-            raise
-        sub = methods.add_parser(name, help=module.__doc__.strip().splitlines()[0] if module.__doc__ else name)
-        add_common_arguments(sub)
+        module = importlib.import_module(module_name)
+        summary = module.__doc__.strip().splitlines()[0]
+        sub = methods.add_parser(name, help=summary, description=module.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
-    return parser
+        sub.set_defaults(work=printing_output(module.run))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        out = args.run(args)
-    except (LLMShearingError, FileNotFoundError) as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(out)
-    return 0
+def main(argv: Optional[Sequence[str]] = None, prog: str = DEFAULT_PROG) -> int:
+    return run_cli(command_parser(prog, __doc__, add_arguments), argv)

@@ -1,10 +1,10 @@
 """LLM Surgeon: K-FAC curvature pruning with correlated weight updates (structured, 2:4, unstructured).
 
-    python -m llmshearing.prune surgeon --model SRC --data DIR --out DST --mode structured --density 0.7 --shots 8
-    python -m llmshearing.prune surgeon --model SRC --data DIR --out DST --mode structured \
+    llmshearing prune surgeon --model SRC --data DIR --out DST --mode structured --density 0.7 --shots 8
+    llmshearing prune surgeon --model SRC --data DIR --out DST --mode structured \
         --target num_attention_heads=6,num_key_value_heads=3,intermediate_size=384 --shots 4
-    python -m llmshearing.prune surgeon --model SRC --data DIR --out DST --mode 2:4
-    python -m llmshearing.prune surgeon --model SRC --data DIR --out DST --mode unstructured --density 0.5
+    llmshearing prune surgeon --model SRC --data DIR --out DST --mode 2:4
+    llmshearing prune surgeon --model SRC --data DIR --out DST --mode unstructured --density 0.5
 
 DST receives the HF model (+ tokenizer), pruning_plan.json (structured: + pruning_plan.safetensors,
 the updated source-shaped weights, so the plan re-slices the source without recomputing) and
@@ -19,11 +19,14 @@ import argparse
 import time
 from pathlib import Path
 
-from llmshearing.surgeon.settings import MODES, SCORINGS, SurgeonSettings
-from llmshearing.surgeon.units import ATTENTION_UNITS, HEAD
+from llmshearing.prune.cli import add_calibration_arguments, add_source_arguments
+from llmshearing.surgeon.choices import ATTENTION_UNITS, HEAD, MODES, SCORINGS
+from llmshearing.surgeon.settings import SurgeonSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_source_arguments(parser)
+    add_calibration_arguments(parser)
     parser.add_argument("--mode", choices=MODES, default="structured",
                         help="structured: remove MLP neurons and attention heads (sliced); 2:4; unstructured")
     parser.add_argument("--density", type=float, default=None,
@@ -64,6 +67,7 @@ def settings_from_args(args: argparse.Namespace) -> SurgeonSettings:
 def run(args: argparse.Namespace) -> Path:
     from llmshearing.convert import load_model
     from llmshearing.data.calibration import calibration_batches
+    from llmshearing.devices import chosen_device
     from llmshearing.prune.cli import load_output_tokenizer
     from llmshearing.surgeon.export import export_result
     from llmshearing.surgeon.shots import run_surgeon
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> Path:
     started = time.perf_counter()
     batches = calibration_batches(args.data, args.calib_samples, args.seq_len, args.batch_size, args.seed)
     args.model = resolve_model_path(args.model)
-    model = load_model(args.model).model.to(args.device).eval()
+    model = load_model(args.model).model.to(chosen_device(args.device)).eval()
     settings.resolve_target(model.config)  # a shape error before anything else is loaded or written
     tokenizer = load_output_tokenizer(args)
     surgeon_run = run_surgeon(model, batches, settings)

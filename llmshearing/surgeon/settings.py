@@ -5,13 +5,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from llmshearing.errors import ConfigError
-from llmshearing.surgeon.sparse import TWO_FOUR, UNSTRUCTURED
-from llmshearing.surgeon.units import ATTENTION_UNITS, HEAD
+from llmshearing.surgeon.choices import ATTENTION_UNITS, CURVATURE, HEAD, MODES, SCORINGS, STRUCTURED, TWO_FOUR
 
-STRUCTURED = "structured"
-MODES = (STRUCTURED, TWO_FOUR, UNSTRUCTURED)
-CURVATURE, MAGNITUDE = "curvature", "magnitude"
-SCORINGS = (CURVATURE, MAGNITUDE)
 TWO_FOUR_DENSITY = 0.5
 
 

@@ -16,11 +16,11 @@ import torch
 from llmshearing.errors import ShapeError
 from llmshearing.model.config import LlamaConfig
 from llmshearing.plan import PruningPlan
+from llmshearing.surgeon.choices import TWO_FOUR
 from llmshearing.surgeon.curvature import IdentityCurvature
 from llmshearing.surgeon.selection import select_smallest
 from llmshearing.surgeon.units import projection_sizes
 
-UNSTRUCTURED, TWO_FOUR = "unstructured", "2:4"
 GROUP = 4
 
 

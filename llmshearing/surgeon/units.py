@@ -23,12 +23,11 @@ from typing import Dict, Sequence, Tuple
 import torch
 
 from llmshearing.model.config import LlamaConfig
+from llmshearing.surgeon.choices import HEAD
 from llmshearing.surgeon.curvature import IdentityCurvature, block_indices
 
 ROWS, COLUMNS = "rows", "columns"
 _ZEROING = IdentityCurvature()
-HEAD, KV_GROUP = "head", "kv-group"
-ATTENTION_UNITS = (HEAD, KV_GROUP)
 
 
 @dataclass(frozen=True)

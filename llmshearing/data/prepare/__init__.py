@@ -5,8 +5,10 @@ parallel, split into train / eval (/ cpt) by document, cut into samples, written
 merged under the budgets into the layout ``llmshearing.data.corpus`` reads.
 """
 
-from llmshearing.data.prepare.run import (Budgets, DomainInput, PrepareSettings, merge_corpus,
-                                          prepare_corpus)
-from llmshearing.data.prepare.state import PrepareError
+from llmshearing.lazy_exports import lazy_exports
 
 __all__ = ["Budgets", "DomainInput", "PrepareError", "PrepareSettings", "merge_corpus", "prepare_corpus"]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    **{name: "run" for name in ("Budgets", "DomainInput", "PrepareSettings", "merge_corpus", "prepare_corpus")},
+    "PrepareError": "state",
+})

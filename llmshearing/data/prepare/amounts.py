@@ -9,6 +9,8 @@ from typing import Mapping, Sequence
 from llmshearing.errors import LLMShearingError
 
 ALL = None  # a budget of "all": every token the domain has
+# what a domain with fewer tokens than its budget does: stop the run, give what it has, repeat its samples
+SHORT_DOMAIN_POLICIES = ("error", "cap", "repeat")
 
 # The Sheared-LLaMA paper's RedPajama mixture (the domains' initial dynamic-loading weights too).
 PROPORTION_PRESETS: dict[str, dict[str, float]] = {

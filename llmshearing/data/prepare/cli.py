@@ -1,11 +1,12 @@
-"""``python -m llmshearing.data.prepare``: a user's own text as the per-domain corpus every method reads.
+"""Tokenize your own text into the per-domain corpus that pruning, training, eval and calibration read.
 
-    python -m llmshearing.data.prepare --tokenizer TOK --out DIR --seq-len 4096 \\
+    llmshearing prepare --tokenizer TOK --out DIR --seq-len 4096 \\
         --domain cc=/data/rp/common_crawl/*.jsonl.zst --domain github=/data/rp/github \\
         --domain book=books.parquet --domain wiki=hf_saved_dataset_dir --text-field text \\
         --eval-tokens 2M --train-tokens 0.4B [--proportions redpajama | cc=0.67,github=0.045,...] \\
         [--cpt-tokens 50B] [--workers N] [--seed S] [--num-shards N --shard-index I] [--overwrite]
-    python -m llmshearing.data.prepare merge DIR      # after every --num-shards piece finished
+    llmshearing prepare merge DIR      # after every --num-shards piece finished
+    (also: python -m llmshearing.data.prepare ...)
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from llmshearing.assets import AssetError, load_tokenizer
-from llmshearing.data.prepare.amounts import parse_proportions, parse_token_amount, split_total
-from llmshearing.data.prepare.merge import SHORT_DOMAIN_POLICIES
+from llmshearing.assets import load_tokenizer
+from llmshearing.cli.command import Interrupted, command_parser, run_cli
+from llmshearing.data.prepare.amounts import (SHORT_DOMAIN_POLICIES, parse_proportions, parse_token_amount,
+                                              split_total)
 from llmshearing.data.prepare.report import corpus_table
-from llmshearing.data.prepare.run import Budgets, DomainInput, PrepareSettings, merge_corpus, prepare_corpus
 from llmshearing.data.prepare.units import DEFAULT_UNIT_BYTES, group_into_units
-from llmshearing.data.prepare.upload import is_remote, staging_dir, upload_corpus
 from llmshearing.errors import LLMShearingError
 
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -34,11 +34,13 @@ _EXPANSION = {"jsonl.gz": 4, "json.gz": 4, "jsonl.zst": 5, "json.zst": 5, "parqu
 _BYTES_PER_TOKEN = 4
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m llmshearing.data.prepare",
-                                     description="Tokenize your own text into the per-domain MDS corpus that "
-                                                 "pruning, continued pre-training, eval and calibration read.",
-                                     epilog="After a --num-shards run: python -m llmshearing.data.prepare merge DIR")
+DEFAULT_PROG = "python -m llmshearing.data.prepare"
+MERGE_DESCRIPTION = "Join the pieces of a --num-shards preparation into one corpus."
+RESUME_HINT = "run the same command again to resume (prepared units are kept)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = f"After a --num-shards run: {parser.prog} merge DIR"
     parser.add_argument("--tokenizer", required=True,
                         help="HF tokenizer or model directory, a .gguf file, or 'smollm2'")
     parser.add_argument("--out", required=True,
@@ -82,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--unit-mb", type=float, default=DEFAULT_UNIT_BYTES / 2**20,
                         help="input MiB per unit of work (files are grouped up to it; default %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
+    parser.set_defaults(work=prepare)
 
 
 def _domain_specs(args) -> dict[str, list[str]]:
@@ -101,9 +103,10 @@ def _domain_specs(args) -> dict[str, list[str]]:
     return dict(specs)
 
 
-def file_domain(name: str, specs: list[str], text_field: str, unit_bytes: int) -> DomainInput:
-    """A domain read from files: resolved, grouped into units, sized."""
+def file_domain(name: str, specs: list[str], text_field: str, unit_bytes: int):
+    """A domain read from files (a DomainInput): resolved, grouped into units, sized."""
     from llmshearing.data.document_files import read_documents, resolve_domain_inputs
+    from llmshearing.data.prepare.run import DomainInput
 
     files = [source for spec in specs for source in resolve_domain_inputs(spec)]
     seen, unique = set(), []
@@ -123,7 +126,9 @@ def file_domain(name: str, specs: list[str], text_field: str, unit_bytes: int) -
                        estimated_tokens=estimated)
 
 
-def _budgets(args, domains: list[str]) -> Budgets:
+def _budgets(args, domains: list[str]):
+    from llmshearing.data.prepare.run import Budgets
+
     eval_tokens = parse_token_amount(args.eval_tokens, "--eval-tokens")
     proportions = parse_proportions(args.proportions, domains)
     if args.train_tokens_per_domain is not None:
@@ -144,8 +149,17 @@ def load_prepare_tokenizer(spec: str):
     return load_tokenizer(spec), f"tokenizer loaded from {spec}"
 
 
-def _prepare(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+def prepare(args: argparse.Namespace) -> None:
+    try:
+        _prepare(args)
+    except KeyboardInterrupt as exc:
+        raise Interrupted(RESUME_HINT) from exc
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from llmshearing.data.prepare.run import PrepareSettings, prepare_corpus
+    from llmshearing.data.prepare.upload import is_remote, staging_dir, upload_corpus
+
     started = time.monotonic()
     specs = _domain_specs(args)
     domains = [file_domain(name, domain_specs, args.text_field, int(args.unit_mb * 2**20))
@@ -163,7 +177,7 @@ def _prepare(argv: list[str]) -> int:
     local = staging_dir(remote, args.local_dir) if remote else Path(args.out)
     if remote and settings.num_shards > 1:
         raise LLMShearingError("--num-shards pieces need a folder they all reach as --out (a shared file system); "
-                               f"upload the merged corpus with: python -m llmshearing.data.prepare merge DIR --upload {remote}")
+                               f"upload the merged corpus with: llmshearing prepare merge DIR --upload {remote}")
     if remote and finished_here(local, settings.overwrite):
         log(f"{local} already holds the finished corpus: uploading it")
         manifest = json.loads((local / "manifest.json").read_text(encoding="utf-8"))
@@ -175,7 +189,6 @@ def _prepare(argv: list[str]) -> int:
         if remote:
             upload_corpus(local, remote, log, progress=not args.no_progress)
         print(f"wrote {args.out} in {time.monotonic() - started:.1f}s")
-    return 0
 
 
 def finished_here(local: Path, overwrite: bool) -> bool:
@@ -183,27 +196,25 @@ def finished_here(local: Path, overwrite: bool) -> bool:
     return not overwrite and (local / "manifest.json").is_file() and (local / ".prepare").is_dir()
 
 
-def _merge(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmshearing.data.prepare merge",
-                                     description="Join the pieces of a --num-shards preparation into one corpus.")
+def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="the --out folder every piece wrote to")
     parser.add_argument("--upload", metavar="URI", help="then upload the corpus there (s3://, gs://, ...)")
-    args = parser.parse_args(argv)
+    parser.set_defaults(work=merge)
+
+
+def merge(args: argparse.Namespace) -> None:
+    from llmshearing.data.prepare.run import merge_corpus
+    from llmshearing.data.prepare.upload import upload_corpus
+
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     manifest = merge_corpus(args.out, log=log)
     print(corpus_table(manifest, args.out))
     if args.upload:
         upload_corpus(args.out, args.upload, log)
-    return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = DEFAULT_PROG) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return _merge(argv[1:]) if argv[:1] == ["merge"] else _prepare(argv)
-    except (LLMShearingError, AssetError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume (prepared units are kept)", file=sys.stderr)
-        return 130
+    if argv[:1] == ["merge"]:
+        return run_cli(command_parser(f"{prog} merge", MERGE_DESCRIPTION, add_merge_arguments), argv[1:])
+    return run_cli(command_parser(prog, __doc__, add_arguments), argv)

@@ -23,8 +23,6 @@ from llmshearing.data.prepare.state import PrepareError, PreparePaths
 from llmshearing.data.prepare.unit_writer import (SHARD_SIZE_LIMIT, read_json, unit_split_dir,
                                                   write_json_atomically)
 
-SHORT_DOMAIN_POLICIES = ("error", "cap", "repeat")
-
 
 @dataclass
 class SplitSelection:

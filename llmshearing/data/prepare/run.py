@@ -14,8 +14,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from llmshearing.data.prepare.amounts import samples_for
-from llmshearing.data.prepare.merge import SHORT_DOMAIN_POLICIES, merge_domain
+from llmshearing.data.prepare.amounts import SHORT_DOMAIN_POLICIES, samples_for
+from llmshearing.data.prepare.merge import merge_domain
 from llmshearing.data.prepare.pieces import DomainPlan, Progress, prepare_units
 from llmshearing.data.prepare.state import PrepareError, PreparePaths, claim_output, load_options
 from llmshearing.data.prepare.tokenizing import DocumentEncoder, ParallelEncoder

@@ -12,10 +12,14 @@ from typing import Callable, Iterator
 
 from llmshearing.convert.messages import first_line
 from llmshearing.data.corpus import DOCUMENTS_NAME, INDEX_NAME, MANIFEST_NAME
-from llmshearing.data.prepare.state import PrepareError
 from llmshearing.data.prepare.unit_writer import read_json
+from llmshearing.errors import RunFailedError
 
 DEFAULT_STAGING_ROOT = Path.home() / ".cache" / "llmshearing" / "prepare"
+
+
+class UploadError(RunFailedError):
+    """The corpus is complete locally but could not be uploaded; the same command retries."""
 
 
 def is_remote(out: str | Path) -> bool:
@@ -50,7 +54,7 @@ def upload_corpus(local: Path, remote: str, log: Callable[[str], None], progress
     try:
         uploader = CloudUploader.get((str(local), remote), keep_local=True, exist_ok=True, progress_bar=False)
     except Exception as error:  # noqa: BLE001 - each provider fails in its own way
-        raise PrepareError(f"cannot upload to {remote}: {first_line(error)}; the corpus is complete in {local}")
+        raise UploadError(f"cannot upload to {remote}: {first_line(error)}; the corpus is complete in {local}")
     if progress:
         from tqdm.auto import tqdm
         files_iter = tqdm(files, desc=f"uploading to {remote}", unit=" files")
@@ -62,7 +66,7 @@ def upload_corpus(local: Path, remote: str, log: Callable[[str], None], progress
         try:
             uploader.upload_file(relative)
         except Exception as error:  # noqa: BLE001
-            raise PrepareError(f"uploading {relative} to {remote} failed: {first_line(error)}; the corpus is "
+            raise UploadError(f"uploading {relative} to {remote} failed: {first_line(error)}; the corpus is "
                                f"complete in {local}: run the same command again to retry the upload") from error
     log(f"uploaded {len(files)} files to {remote}")
     return len(files)
