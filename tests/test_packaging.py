@@ -49,7 +49,8 @@ def test_the_wheel_declares_the_dependencies_the_command_and_the_data_files(buil
     assert any(r.startswith("transformers") for r in requires) and any(r.startswith("torch") for r in requires)
     assert any(r.replace("_", "-").startswith("lm-eval==0.4.13") and 'extra == "test"' in r for r in requires), requires
     assert "llmshearing = llmshearing.cli.main:main" in entry_points
-    for data_file in ("llmshearing/convert/modeling_llmshearing_llama.py", "llmshearing/eval/lm_eval_tasks/"):
+    for data_file in ("llmshearing/convert/modeling_llmshearing_llama.py", "llmshearing/eval/lm_eval_tasks/",
+                      "llmshearing/yamls/sheared.yaml"):
         assert any(name.startswith(data_file) for name in names), data_file
     assert any(name.startswith("llmshearing/eval/lm_eval_tasks/") and name.endswith(".yaml") for name in names)
     assert not any(name.startswith("tests/") for name in names)

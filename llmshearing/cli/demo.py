@@ -17,10 +17,11 @@ from typing import Optional, Sequence
 
 from llmshearing.cli.command import command_parser, run_cli
 from llmshearing.errors import RunFailedError
+from llmshearing.recipes import RECIPES
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO_YAML = REPO / "yamls" / "demo_smollm2_prune.yaml"
-CPT_YAML = REPO / "yamls" / "demo_smollm2_cpt.yaml"
+DEMO_YAML = RECIPES / "demo_smollm2_prune.yaml"
+CPT_YAML = RECIPES / "demo_smollm2_cpt.yaml"
 
 
 def run_step(title: str, command: list) -> None:

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from llmshearing.prune.cli import add_source_arguments
+from llmshearing.recipes import RECIPES
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = REPO / "yamls" / "sheared.yaml"
+DEFAULT_CONFIG = RECIPES / "sheared.yaml"
 LATEST_CHECKPOINT = "latest-rank0.pt"
 
 
