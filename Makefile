@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 UV := $(VENV)/bin/uv
 DEMO_DIR ?= demo_out
 
-.PHONY: venv test-deps test test-fast demo clean-demo
+.PHONY: venv test-deps test test-fast docs-check demo clean-demo
 
 venv: $(STAMP)
 
@@ -36,6 +36,11 @@ test: test-deps
 
 test-fast: test-deps
 	$(PY) -m pytest -q -m "not slow" tests
+
+# every command line in README.md and docs/*.md parses with the real CLI, names yamls and keys that
+# exist, and every relative link resolves (seconds; --noconftest: no torch)
+docs-check: test-deps
+	$(PY) -m pytest -q --noconftest tests/test_docs.py
 
 demo: venv
 	$(PY) -m llmshearing.cli.demo --out $(DEMO_DIR)

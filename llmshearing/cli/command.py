@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Optional, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator, List, Optional, Sequence
 
 from llmshearing.errors import EXIT_BAD_INPUT, LLMShearingError, RunFailedError
 
 EXIT_INTERRUPTED = 130
+# set by parsing_only(): run_cli then parses its argv into this list and does no work
+_PARSED: ContextVar[Optional[List[argparse.Namespace]]] = ContextVar("llmshearing_parsed", default=None)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -80,8 +84,24 @@ def run_cli(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], *, p
     Composer, which tags each line with its rank.
     """
     args = parser.parse_args(argv)
+    parsed = _PARSED.get()
+    if parsed is not None:
+        parsed.append(args)
+        return 0
     if progress_logs:
         from llmshearing.cli.progress_logs import show_progress_logs
 
         show_progress_logs()
     return run_command(args.work, args)
+
+
+@contextmanager
+def parsing_only() -> Iterator[List[argparse.Namespace]]:
+    """Inside it, every command parses its arguments (errors exit as usual) and does nothing else; the
+    parsed arguments are appended to the list it yields (the docs check, tests/test_docs.py)."""
+    parsed: List[argparse.Namespace] = []
+    token = _PARSED.set(parsed)
+    try:
+        yield parsed
+    finally:
+        _PARSED.reset(token)

@@ -11,7 +11,7 @@ import importlib
 import sys
 from typing import NamedTuple, Optional, Sequence
 
-from llmshearing.cli.command import CommandParser
+from llmshearing.cli.command import CommandParser, parsing_only
 
 
 class Command(NamedTuple):
@@ -64,3 +64,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         overview_parser().error(f"unknown command '{name}'{hint}")
     module_name, function = COMMANDS[name].entry.split(":")
     return getattr(importlib.import_module(module_name), function)(rest, prog=f"{PROG} {name}")
+
+
+def parse_command(argv: Sequence[str]) -> argparse.Namespace:
+    """``llmshearing ARGV`` parsed by the command's own parser, without doing the work. An argument
+    error raises SystemExit(2) after its one-line ``error:`` message, as the command would."""
+    with parsing_only() as parsed:
+        main(argv)
+    return parsed[-1]
