@@ -23,6 +23,7 @@ from llmshearing.shape import TargetShape
 
 PLAN_FILE = "pruning_plan.json"
 WEIGHTS_KEY = "replacement_weights_file"  # JSON key naming the tensors file (relative to the JSON)
+WARNING_KEY = "warning"  # metadata entry: the method's caveat about the plan, for whoever slices with it
 
 
 @dataclass
@@ -65,6 +66,11 @@ class PruningPlan:
     @property
     def source(self) -> LlamaConfig:
         return LlamaConfig.from_dict(self.source_config)
+
+    def warning(self) -> Optional[str]:
+        """What the method that made the plan wants said wherever it is used (e.g. L0 masks that had not
+        reached the target); None when all is well."""
+        return self.metadata.get(WARNING_KEY)
 
     # ---- shape ---------------------------------------------------------------------------
     def layer_shapes(self) -> List[TargetShape]:

@@ -1,6 +1,7 @@
 """Conversion: HF dir / GGUF -> ComposerLlama -> Composer checkpoint -> HF export, and the CLI."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -261,6 +262,63 @@ def test_cli_without_prune_exports_full_model_and_mentions_masks(tmp_path, capsy
     assert max_diff(load_exported(tmp_path / "full")(ids).logits, model.model(ids)) <= 1e-5
 
 
+def as_json(values):
+    return json.loads(json.dumps(values))
+
+
+def plan_state(state: dict) -> dict:
+    """The plan stored in a checkpoint's model state (the L0 module's extra state)."""
+    from llmshearing.checkpoint_plan import PLAN_STATE_KEY
+
+    return state["l0._extra_state"][PLAN_STATE_KEY]
+
+
+def prune_export(capsys, state: dict, folder: Path):
+    """Export ``state`` (a ComposerLlama state dict) with --prune; (the HF model, its pruning_plan.json)."""
+    torch.save({"state": {"model": state}}, folder / "checkpoint.pt")
+    code, _, err = run_cli(capsys, "composer-to-hf", folder / "checkpoint.pt", folder / "pruned", "--prune")
+    assert code == 0, err
+    return load_exported(folder / "pruned"), PruningPlan.load(folder / "pruned")
+
+
+@needs_l0
+@torch.no_grad()
+def test_prune_slices_with_the_plan_the_checkpoint_carries(tmp_path, capsys):
+    """Export reads the stored plan, not the masks: a checkpoint whose stored plan is another one
+    exports that other plan, computing what the source masked by it computes."""
+    model = tiny_composer()
+    attach_random_l0(model, block_masks=True)
+    state = model.state_dict()
+    assert plan_state(state) == model.l0.make_plan().to_dict()
+    other = tiny_composer()
+    attach_random_l0(other, block_masks=True, seed=1)
+    other_plan = other.l0.make_plan()
+    assert other_plan.to_dict() != plan_state(state)
+    state["l0._extra_state"] = {**state["l0._extra_state"], "pruning_plan": other_plan.to_dict()}
+
+    exported, written = prune_export(capsys, state, tmp_path)
+    assert as_json(written.to_dict()) == as_json(other_plan.to_dict())
+    ids = token_batch(model.config.vocab_size)
+    assert max_diff(exported(ids).logits, model.model(ids, other_plan.to_masks())) <= 1e-4
+
+
+@needs_l0
+@torch.no_grad()
+def test_prune_of_a_checkpoint_written_before_plans_were_stored(tmp_path, capsys):
+    """Old checkpoints hold the masks only: their plan is derived from the L0 state."""
+    model = tiny_composer()
+    attach_random_l0(model, block_masks=False)
+    ids = token_batch(model.config.vocab_size)
+    expected = model.eval()({"input_ids": ids})
+    state = model.state_dict()
+    state["l0._extra_state"] = {key: value for key, value in state["l0._extra_state"].items()
+                                if key != "pruning_plan"}
+
+    exported, written = prune_export(capsys, state, tmp_path)
+    assert as_json(written.to_dict()) == as_json(model.l0.make_plan().to_dict())
+    assert max_diff(exported(ids).logits, expected) <= 1e-4
+
+
 # ---- Composer Trainer -------------------------------------------------------------------------------
 @torch.no_grad()
 def test_trainer_starts_from_our_checkpoint(tmp_path):
@@ -292,6 +350,7 @@ def test_reads_trainer_written_checkpoint_and_prunes_it(tmp_path, capsys):
     state = read_composer_checkpoint(latest)
     assert_same_state(model, state)
     assert any(key.startswith("l0.gates.") for key in state)
+    assert plan_state(state) == model.l0.make_plan().to_dict()  # the plan of the masks at the step it was saved
 
     code, out, err = run_cli(capsys, "composer-to-hf", latest, tmp_path / "pruned", "--prune")
     assert code == 0, err

@@ -191,7 +191,7 @@ def sheared_run(source, sample_corpus, tmp_path_factory):
 @torch.no_grad()
 def test_sheared_pruning_exports_the_familys_class(source, sheared_run):
     from llmshearing.convert import load_composer_model
-    from llmshearing.convert.l0_state import rebuild_l0_module
+    from llmshearing.sheared.l0_state import rebuild_l0_module
 
     checkpoint, out = sheared_run
     model, l0_state = load_composer_model(checkpoint)

@@ -260,9 +260,14 @@ def test_bad_targets_raise_shape_error(target):
 
 def test_extra_state_round_trip_and_mismatch():
     source = gqa_config()
-    state = L0Module(source, GQA_ALL_PRUNED).state_dict()
+    l0 = L0Module(source, GQA_ALL_PRUNED)
+    state = l0.state_dict()
     assert state["_extra_state"]["target_shape"] == GQA_ALL_PRUNED.to_dict()
+    assert state["_extra_state"]["pruning_plan"] == l0.make_plan().to_dict()  # every checkpoint carries its plan
     L0Module(source, GQA_ALL_PRUNED).load_state_dict(state)
+    written_before_plans = {**state, "_extra_state": {k: v for k, v in state["_extra_state"].items()
+                                                      if k != "pruning_plan"}}
+    L0Module(source, GQA_ALL_PRUNED).load_state_dict(written_before_plans)
     other_target = shape(13, 2, 1, 2, 21)
     with pytest.raises(CheckpointError):
         L0Module(source, other_target).load_state_dict(state)
@@ -273,8 +278,6 @@ def test_extra_state_round_trip_and_mismatch():
 
 # ---- convergence at the end of pruning -----------------------------------------------------------
 def test_untrained_masks_are_reported_behind_the_target_with_every_cut_unit_still_open():
-    from llmshearing.sheared.convergence import plan_convergence_warning
-
     source = gqa_config()
     plan = L0Module(source, GQA_ALL_PRUNED).make_plan()  # log_alpha 5: every gate open
     report = {entry["structure"]: entry for entry in plan.metadata["mask_convergence"]}
@@ -286,20 +289,20 @@ def test_untrained_masks_are_reported_behind_the_target_with_every_cut_unit_stil
     assert neurons["cut"] == neurons["cut_while_open"] == source.num_hidden_layers * (source.intermediate_size - 21)
     # heads of the one kept KV group: 3 -> 2 per layer
     assert report["head"]["cut"] == source.num_hidden_layers * 1
-    warning = plan_convergence_warning(plan)
+    warning = plan.warning()
     assert warning.startswith("the masks had not reached the target shape when pruning ended: layer at 1.00")
     assert "prune for more steps" in warning
 
 
 def test_masks_that_reached_the_target_give_no_warning():
-    from llmshearing.sheared.convergence import mask_convergence, plan_convergence_warning
+    from llmshearing.sheared.convergence import mask_convergence
 
     l0 = L0Module(gqa_config(), GQA_ALL_PRUNED)
     set_binary_gates(l0)
     report = mask_convergence(l0)
     assert all(entry.cut_while_open == 0 and entry.cut > 0 for entry in report)
     assert all(entry.expected_fraction == pytest.approx(entry.target_fraction, abs=1e-3) for entry in report)
-    assert plan_convergence_warning(l0.make_plan()) is None
+    assert l0.make_plan().warning() is None
 
 
 def test_the_quadratic_term_pulls_each_layer_to_the_target_not_only_their_mean():

@@ -97,6 +97,7 @@ def test_an_fsdp_checkpoint_holds_whole_tensors_resumes_exactly_and_exports(samp
     model_state = torch.load(final, map_location="cpu", weights_only=False)["state"]["model"]
     assert model_state["model.model.layers.0.mlp.up_proj.weight"].shape == (96, 48)  # whole, not a shard
     assert model_state["l0.gates.intermediate.log_alpha"].numel() == 4 * 96
+    assert "pruning_plan" in model_state["l0._extra_state"]  # the plan export slices with
     out = tmp_path / "hf"
     assert convert_main(["composer-to-hf", str(final), str(out), "--prune"]) == 0
     config = AutoModelForCausalLM.from_pretrained(out).config

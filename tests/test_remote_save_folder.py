@@ -66,7 +66,7 @@ def object_store(store: Path):
 
 def test_remote_run_uploads_checkpoint_plan_plots_and_tokenizer_next_to_each_other(remote_run, tmp_path):
     from llmshearing.convert import load_composer_model
-    from llmshearing.convert.l0_state import rebuild_l0_module
+    from llmshearing.sheared.l0_state import rebuild_l0_module
 
     store = object_store(remote_run.store)
     names = {name[len(f"runs/{RUN}/"):] for name in store.list_objects(prefix=f"runs/{RUN}/")}

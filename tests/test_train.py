@@ -1,6 +1,7 @@
 """End-to-end pruning runs through train.py (Composer Trainer, real MDS corpus) and their errors."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import torch
 
 from llmshearing.config import load_config
 from llmshearing.convert import load_composer_model
-from llmshearing.convert.l0_state import rebuild_l0_module
+from llmshearing.sheared.l0_state import rebuild_l0_module
 from llmshearing.plan import PruningPlan
 from llmshearing.shape import TargetShape
 
@@ -79,14 +80,40 @@ def test_pruned_checkpoint_exports_a_sliced_model_equal_to_the_masked_one(tiny_r
     hf = AutoModelForCausalLM.from_pretrained(out).eval()
     assert (hf.config.hidden_size, hf.config.num_hidden_layers, hf.config.intermediate_size) == (32, 3, 40)
     assert (hf.config.num_attention_heads, hf.config.num_key_value_heads) == (2, 1)
-    model, l0_state = load_composer_model(tiny_run / "latest-rank0.pt")
+    assert masked_vs_exported(tiny_run / "latest-rank0.pt", hf) <= 1e-4
+
+
+@torch.no_grad()
+def masked_vs_exported(checkpoint: Path, hf) -> float:
+    """Largest logit difference between the checkpoint's masked model (eval masks) and its export."""
+    model, l0_state = load_composer_model(checkpoint)
     model.l0 = rebuild_l0_module(model.config, l0_state)
-    model.eval()
     tokens = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        masked = model({"input_ids": tokens})
-        sliced = hf(tokens).logits
-    assert (masked - sliced).abs().max().item() <= 1e-4
+    return (model.eval()({"input_ids": tokens}) - hf(tokens).logits).abs().max().item()
+
+
+def as_json(values):
+    return json.loads(json.dumps(values))
+
+
+def test_every_checkpoint_carries_the_plan_of_its_step_and_export_slices_with_it(tiny_run, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from llmshearing.checkpoint_plan import PLAN_STATE_KEY
+    from llmshearing.convert.cli import main as convert_main
+
+    stored = {}
+    for checkpoint in ("ep0-ba75-rank0.pt", "ep0-ba150-rank0.pt"):
+        model, l0_state = load_composer_model(tiny_run / checkpoint)
+        stored[checkpoint] = l0_state["_extra_state"][PLAN_STATE_KEY]
+        assert stored[checkpoint] == rebuild_l0_module(model.config, l0_state).make_plan().to_dict(), checkpoint
+    assert stored["ep0-ba75-rank0.pt"] != stored["ep0-ba150-rank0.pt"]  # each step's own plan
+
+    out = tmp_path / "hf"
+    assert convert_main(["composer-to-hf", str(tiny_run / "ep0-ba75-rank0.pt"), str(out), "--prune"]) == 0, \
+        capsys.readouterr().err
+    assert as_json(PruningPlan.load(out).to_dict()) == as_json(stored["ep0-ba75-rank0.pt"])
+    assert masked_vs_exported(tiny_run / "ep0-ba75-rank0.pt", AutoModelForCausalLM.from_pretrained(out).eval()) <= 1e-4
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -6,7 +6,8 @@ AFTER_LOSS: add the Lagrangian to the loss (logged as separate loss terms).
 AFTER_TRAIN_BATCH: under FSDP, average the mask / λ gradients over the ranks (see distributed.py).
 BATCH_END: clamp log_alpha, log expected sizes / λ / targets.
 FIT_END: write the pruning plan made from the final deterministic masks into the run folder
-(local or remote, see run_artifacts.py).
+(local or remote, see run_artifacts.py). Every checkpoint carries the plan of its own step besides
+(in the L0 module's extra state, see llmshearing/checkpoint_plan.py): that is the one export reads.
 
 Multi-process: the L0 module is replicated on every rank (never sharded) and kept identical by DDP
 or by ``ReplicaSync`` under FSDP, so every rank holds the same log_alpha and λ; its noise stream is
@@ -27,7 +28,6 @@ from llmshearing.composer.run_artifacts import RunArtifacts, as_run_artifacts
 from llmshearing.errors import ConfigError
 from llmshearing.plan import PLAN_FILE
 from llmshearing.shape import TargetShape
-from llmshearing.sheared.convergence import plan_convergence_warning
 from llmshearing.sheared.l0_module import L0Module
 
 log = logging.getLogger(__name__)
@@ -125,9 +125,8 @@ class L0Pruning(Algorithm):
         if dist.get_global_rank() != 0 or self.plan_folder is None:
             return None
         plan = self.l0(state).make_plan()
-        lagging = plan_convergence_warning(plan)
-        if lagging:
-            log.warning(lagging)
+        if plan.warning():
+            log.warning(plan.warning())
         path = self.plan_folder.write(PLAN_FILE, plan.save, state, logger)
         log.info("final pruning plan written to %s (target %s)", self.plan_folder.location(PLAN_FILE),
                  plan.target_shape().to_dict())

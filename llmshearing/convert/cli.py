@@ -113,19 +113,17 @@ def composer_to_hf(src: Path, dst: Path, prune: bool, tokenizer_path: Optional[s
 
 
 def _prune(model, l0_state: Optional[dict], src: Path):
-    from llmshearing.convert.l0_state import rebuild_l0_module
-    from llmshearing.sheared.convergence import plan_convergence_warning
+    from llmshearing.checkpoint_plan import checkpoint_plan
     from llmshearing.slicing import slice_model
 
     if l0_state is None:
         raise CheckpointError(f"--prune needs L0 masks, but {src} has no L0 module state (l0.*); "
                               "drop --prune to export the full model")
-    plan = rebuild_l0_module(model.config, l0_state).make_plan()
-    lagging = plan_convergence_warning(plan)
-    if lagging:
-        _warn(lagging)
+    plan = checkpoint_plan(model.config, l0_state)
+    if plan.warning():
+        _warn(plan.warning())
     sliced = slice_model(model.model, plan)
-    _say(f"pruned with the L0 masks to: {_describe(sliced.config)}")
+    _say(f"pruned with the plan of the checkpoint's L0 masks to: {_describe(sliced.config)}")
     return sliced, plan
 
 

@@ -4,8 +4,8 @@ The final plan keeps exactly the target counts whatever the gates say (the top `
 structure). When pruning stops before the Lagrangian has brought the expected sizes down to the
 target (a short run, a small ``lag_lr``), that top-k cut removes units whose gates still keep them,
 and the sliced model starts CPT far worse than the masked model trained. This module measures that,
-per pruned structure, so the run and the conversion can say so instead of leaving it to be guessed
-from a bad perplexity.
+per pruned structure, and words the warning the plan carries (``PruningPlan.warning()``), so the run
+and the export can say so instead of leaving it to be guessed from a bad perplexity.
 """
 from __future__ import annotations
 
@@ -59,9 +59,3 @@ def convergence_warning(report: List[StructureConvergence], tolerance: float = D
         f"({r.cut_while_open} of the {r.cut} units cut still had open gates)" for r in behind)
     return (f"the masks had not reached the target shape when pruning ended: {details}. The slice keeps the "
             "target counts anyway, so expect a loss jump after slicing; prune for more steps or raise pruning.lag_lr")
-
-
-def plan_convergence_warning(plan, tolerance: float = DEFAULT_TOLERANCE) -> Optional[str]:
-    """The warning for a plan made by ``L0Module.make_plan`` (None for plans without the record)."""
-    entries = plan.metadata.get("mask_convergence")
-    return None if not entries else convergence_warning([StructureConvergence(**e) for e in entries], tolerance)

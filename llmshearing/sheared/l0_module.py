@@ -16,7 +16,8 @@ can only drop whole layers; the gates only contribute their soft value as a lear
 Training mode samples masks (from the module's own :class:`NoiseStream`, checkpointed with it, so
 a resumed run samples the same masks as an uninterrupted one); eval mode gives the deterministic
 masks that keep exactly the target counts, i.e. what ``make_plan()`` slices
-(``make_plan().to_masks()`` equals ``forward()`` in eval).
+(``make_plan().to_masks()`` equals ``forward()`` in eval). The module's extra state, in every
+checkpoint, holds what the masks were learned for, the noise stream's position and that plan.
 The Lagrangian keeps each structure's expected kept fraction on its (warmed-up) target.
 """
 from __future__ import annotations
@@ -29,11 +30,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from llmshearing.checkpoint_plan import PLAN_STATE_KEY
 from llmshearing.errors import CheckpointError, ConfigError
 from llmshearing.model.config import LlamaConfig
-from llmshearing.plan import LayerPlan, PruningPlan
+from llmshearing.plan import WARNING_KEY, LayerPlan, PruningPlan
 from llmshearing.shape import TargetShape, count_parameters
-from llmshearing.sheared.convergence import mask_convergence
+from llmshearing.sheared.convergence import convergence_warning, mask_convergence
 from llmshearing.sheared.hard_concrete import DEFAULT_LOG_ALPHA_RANGE, HardConcrete
 from llmshearing.sheared.noise import NoiseStream
 
@@ -251,6 +253,8 @@ class L0Module(nn.Module):
             )
             for i in _indices(sel.layer_keep)
         ]
+        convergence = mask_convergence(self, sel)
+        warning = convergence_warning(convergence)
         plan = PruningPlan(
             source_config=self.source.to_dict(),
             kept_hidden=_indices(sel.hidden_keep),
@@ -258,7 +262,8 @@ class L0Module(nn.Module):
             hidden_scale=scales(sel.hidden_value, sel.hidden_keep, "hidden"),
             method="sheared",
             metadata={"target_shape": self.target.to_dict(),
-                      "mask_convergence": [entry.to_dict() for entry in mask_convergence(self, sel)]},
+                      "mask_convergence": [entry.to_dict() for entry in convergence],
+                      **({WARNING_KEY: warning} if warning else {})},
         )
         plan.validate()
         return plan
@@ -372,12 +377,19 @@ class L0Module(nn.Module):
             gate.clamp_()
 
     # ---- checkpoints --------------------------------------------------------------------------------
+    def _identity(self) -> dict:
+        """What the masks were learned for: masks learned for anything else must not load."""
+        return {"source_config": self.source.to_dict(), "target_shape": self.target.to_dict()}
+
     def get_extra_state(self) -> dict:
-        return {"source_config": self.source.to_dict(), "target_shape": self.target.to_dict(),
-                "noise": self.noise.state_dict()}
+        # the plan the masks give now: every checkpoint carries the plan of its own step, and export
+        # slices with it (llmshearing/checkpoint_plan.py says why it lives in the state)
+        return {**self._identity(), "noise": self.noise.state_dict(), PLAN_STATE_KEY: self.make_plan().to_dict()}
 
     def set_extra_state(self, state: dict) -> None:
-        mine = self.get_extra_state()
+        """Checks what the masks were learned for; the stored plan is ignored (the masks loaded
+        beside it give it again)."""
+        mine = self._identity()
         if _runtime_free(state.get("source_config", {})) != _runtime_free(mine["source_config"]):
             raise CheckpointError("the checkpoint's L0 masks were learned for another source model config")
         if state.get("target_shape") != mine["target_shape"]:
