@@ -380,17 +380,31 @@ def test_cli_hf_to_composer_and_back_with_tokenizer(tmp_path, capsys):
     code, out, err = run_cli(capsys, "hf-to-composer", tmp_path / "hf", checkpoint)
     assert code == 0, err
     assert out.strip().splitlines()[-1] == str(checkpoint)
-    assert (tmp_path / "ckpt" / "tokenizer").is_dir()
+    assert (tmp_path / "ckpt" / "model.tokenizer").is_dir()
     model, _ = load_composer_model(checkpoint)
     ids = token_batch(hf_model.config.vocab_size)
     assert max_diff(model.model(ids), hf_model(ids).logits) <= 1e-5
 
-    # composer-to-hf takes the tokenizer/ folder beside the checkpoint
+    # composer-to-hf takes the checkpoint's own tokenizer folder
     code, out, err = run_cli(capsys, "composer-to-hf", checkpoint, tmp_path / "export")
     assert code == 0, err
     assert "no tokenizer" not in err
     assert AutoTokenizer.from_pretrained(tmp_path / "export")("w3 w5")["input_ids"] == [3, 5]
     assert torch.equal(load_exported(tmp_path / "export")(ids).logits, hf_model(ids).logits)
+
+
+def test_two_models_converted_into_one_folder_keep_their_own_tokenizers(tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    for name, vocab in (("a", 97), ("b", 101)):
+        save_tiny_hf(tmp_path / name, vocab_size=vocab)
+        save_tiny_tokenizer(tmp_path / name, vocab)
+        code, _, err = run_cli(capsys, "hf-to-composer", tmp_path / name, tmp_path / "ckpt" / f"{name}.pt")
+        assert code == 0, err
+    for name, vocab in (("a", 97), ("b", 101)):
+        code, _, err = run_cli(capsys, "composer-to-hf", tmp_path / "ckpt" / f"{name}.pt", tmp_path / f"out_{name}")
+        assert code == 0, err
+        assert len(AutoTokenizer.from_pretrained(tmp_path / f"out_{name}")) == vocab
 
 
 def test_cli_hf_to_composer_without_tokenizer_warns(tmp_path, capsys):

@@ -59,18 +59,33 @@ def _tokenizer_from_source(src: Path):
         return None
 
 
+def checkpoint_tokenizer_dir(checkpoint: Path) -> Path:
+    """Where ``import`` writes a converted checkpoint's tokenizer: named after the checkpoint
+    (``model.pt`` -> ``model.tokenizer/``), so two models converted into one folder keep their own."""
+    return checkpoint.with_name(f"{checkpoint.stem}.tokenizer")
+
+
+def tokenizer_beside(checkpoint: Path) -> Optional[Path]:
+    """The checkpoint's own tokenizer folder, else the run's ``tokenizer/`` (a training run writes one for
+    all its checkpoints), else None."""
+    for folder in (checkpoint_tokenizer_dir(checkpoint), checkpoint.parent / TOKENIZER_DIR):
+        if folder.is_dir():
+            return folder
+    return None
+
+
 def _tokenizer_for_export(checkpoint: Path, explicit: Optional[str]):
-    """--tokenizer PATH, else the ``tokenizer/`` folder beside the checkpoint, else None (warned)."""
+    """--tokenizer PATH, else the tokenizer folder beside the checkpoint, else None (warned)."""
     from llmshearing.assets import load_tokenizer
 
     if explicit:
         return load_tokenizer(Path(explicit))
-    beside = checkpoint.parent / TOKENIZER_DIR
-    if beside.is_dir():
+    beside = tokenizer_beside(checkpoint)
+    if beside is not None:
         _say(f"tokenizer: {beside}")
         return load_tokenizer(beside)
-    _warn(f"no tokenizer given and no {TOKENIZER_DIR}/ beside {checkpoint}; exporting without one "
-          "(pass --tokenizer PATH)")
+    _warn(f"no tokenizer given and neither {checkpoint_tokenizer_dir(checkpoint).name}/ nor {TOKENIZER_DIR}/ "
+          f"beside {checkpoint}; exporting without one (pass --tokenizer PATH)")
     return None
 
 
@@ -87,8 +102,8 @@ def hf_to_composer(src: Path, dst: Path, dtype: str = "float32") -> Path:
     _say(f"writing Composer checkpoint {dst}")
     save_composer_checkpoint(model, dst)
     if tokenizer is not None:
-        save_tokenizer(tokenizer, dst.parent / TOKENIZER_DIR)
-        _say(f"tokenizer saved to {dst.parent / TOKENIZER_DIR}")
+        save_tokenizer(tokenizer, checkpoint_tokenizer_dir(dst))
+        _say(f"tokenizer saved to {checkpoint_tokenizer_dir(dst)}")
     return dst
 
 
@@ -135,7 +150,7 @@ EXPORT_SUMMARY = "Composer checkpoint -> HF model dir (--prune: sliced with its 
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", type=Path, help="Hugging Face model directory or .gguf file")
     parser.add_argument("dst", type=Path, help="Composer checkpoint file to write (.pt); "
-                        f"the tokenizer goes to {TOKENIZER_DIR}/ beside it")
+                        "the tokenizer goes beside it, named after it (DST.pt -> DST.tokenizer/)")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="weight dtype written")
     parser.set_defaults(work=lambda args: print(hf_to_composer(args.src, args.dst, args.dtype)))
 
@@ -145,7 +160,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dst", type=Path, help="output Hugging Face model directory")
     parser.add_argument("--prune", action="store_true", help="slice the model with the checkpoint's L0 masks")
     parser.add_argument("--tokenizer", help=f"HF dir or .gguf to take the tokenizer from "
-                        f"(default: {TOKENIZER_DIR}/ beside SRC)")
+                        f"(default: SRC's own .tokenizer/ folder, else the run's {TOKENIZER_DIR}/ beside SRC)")
     parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="weight dtype written")
     parser.set_defaults(work=lambda args: print(composer_to_hf(args.src, args.dst, args.prune, args.tokenizer,
                                                                args.dtype)))
