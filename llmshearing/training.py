@@ -25,6 +25,7 @@ from llmshearing.config.schema import TrainConfig
 from llmshearing.errors import ConfigError
 from llmshearing.model.composer_model import ComposerLlama
 from llmshearing.model.config import LlamaConfig
+from llmshearing.model.loss_head import KERNELS
 from llmshearing.shape import TargetShape
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,21 @@ def build_model(cfg: TrainConfig) -> ComposerLlama:
                 if hasattr(module, "attn_impl"):
                     module.attn_impl = value
     model.model.model.gradient_checkpointing = cfg.model.gradient_checkpointing
+    model.loss_chunk_tokens, model.loss_kernel = loss_head_settings(cfg)
     return model
+
+
+def loss_head_settings(cfg: TrainConfig):
+    """(model.loss_chunk_tokens, model.loss_kernel), checked."""
+    chunk, kernel = cfg.model.loss_chunk_tokens, cfg.model.loss_kernel
+    if chunk < 0:
+        raise ConfigError(f"model.loss_chunk_tokens must be >= 0 (0: the whole micro-batch's logits), got {chunk}")
+    if kernel not in KERNELS:
+        raise ConfigError(f"model.loss_kernel must be one of {list(KERNELS)}, got '{kernel}'")
+    if kernel != "torch" and cfg.dynamic_loading is not None and cfg.dynamic_loading.loss_source == "train":
+        raise ConfigError("dynamic_loading.loss_source: train needs per-sample losses, which a fused loss kernel "
+                          "does not give: set model.loss_kernel: torch")
+    return chunk, kernel
 
 
 def check_target(cfg: TrainConfig, model: ComposerLlama) -> None:
@@ -239,6 +254,8 @@ def build_trainer(cfg: TrainConfig) -> Trainer:
     if cfg.save_backend_kwargs and not is_remote(cfg.save_folder):
         raise ConfigError(f"save_backend_kwargs are for a remote save_folder (s3://, libcloud://, ...), "
                           f"not {cfg.save_folder}")
+    # Composer applies python_log_level to its own loggers only; ours (e.g. the loss head's memory line) too
+    logging.getLogger("llmshearing").setLevel(cfg.python_log_level.upper())
     check_checkpoint_to_load(cfg)  # a corrupt checkpoint fails now, named, not deep inside torch.load
     install_atomic_checkpoint_writes()
     check_parallelism(cfg)

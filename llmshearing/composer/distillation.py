@@ -9,8 +9,14 @@ teacher's width by learned linear projections, and the teacher's matching layers
 normalised MSE). Other loss terms already in ``state.loss`` (e.g. a Lagrangian) are kept.
 
 INIT: load the teacher (frozen, eval mode, no gradients), attach the projections to the model as
-``model.distill_projection`` (so they are in checkpoints) and add them to the optimizer.
-AFTER_LOSS: run the teacher on the same micro-batch and replace the LM term.
+``model.distill_projection`` (so they are in checkpoints) and add them to the optimizer, and give the
+model its distillation head.
+Forward (training steps): the student's loss head runs the teacher on the same micro-batch and
+computes alpha * LM + (1 - alpha) * T^2 * KL chunk by chunk from both models' final hidden states
+and lm_head weights (model/loss_head.py), no logits tensor of either model: the student's weight is
+read inside the student's forward, the teacher's inside the teacher's, where FSDP has each unsharded.
+AFTER_LOSS: log the LM and KD terms and add the hidden-state term. (With ``model.loss_chunk_tokens``
+0 the student returns logits, and the teacher's logits are compared with them here, as before.)
 The teacher lives in the algorithm, not in the model: it is never saved or optimised.
 
 Multi-process: under DDP every rank holds the whole teacher (it has no gradients to synchronise).
@@ -25,7 +31,7 @@ one teacher, not one per rank. The projections are replicated and kept equal on 
 from __future__ import annotations
 
 import logging
-from typing import List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +46,8 @@ from llmshearing.convert.weights import cast_parameters
 from llmshearing.errors import ConfigError
 from llmshearing.model.composer_model import IGNORE_INDEX, next_token_targets
 from llmshearing.model.llama import DecoderLayer, LlamaForCausalLM
+from llmshearing.model.loss_head import head_losses
+from llmshearing.model.next_token_loss import LossHeadOutput
 from llmshearing.plan import PruningPlan
 
 log = logging.getLogger(__name__)
@@ -193,7 +201,7 @@ class Distillation(Algorithm):
         elif event == Event.AFTER_TRAIN_BATCH and self._sync is not None:
             self._sync.average_gradients()
         elif event == Event.FIT_END:
-            self._detach()
+            self._detach(state)
 
     # ---------------------------------------------------------------------------------------
     def _attach(self, state: State) -> None:
@@ -207,6 +215,7 @@ class Distillation(Algorithm):
                  self.temperature, self.alpha, self.hidden_weight)
         if self.hidden_weight > 0:
             self._attach_hidden_states(state, student)
+        composer_model(state).distillation_head = self.student_head
 
     def _load_teacher(self, state: State) -> LlamaForCausalLM:
         """The teacher with its weights; under FSDP on ranks other than 0 the same model, empty."""
@@ -263,12 +272,50 @@ class Distillation(Algorithm):
         self._teacher_outputs = LayerOutputs(self.teacher.model.layers, teacher_layers, only_training=False)
         log.info("hidden-state distillation: student layers %s <-> teacher layers %s", layers, teacher_layers)
 
-    def _detach(self) -> None:
+    def _detach(self, state: State) -> None:
         for outputs in (self._student_outputs, self._teacher_outputs):
             if outputs is not None:
                 outputs.remove()
+        composer_model(state).distillation_head = None
+
+    def student_head(self, input_ids: torch.Tensor, targets: torch.Tensor, chunk_tokens: int) -> Callable:
+        """The head of the student's forward for one training micro-batch (``LlamaForCausalLM.forward(head=)``)."""
+        temperature, alpha = self.temperature, self.alpha
+
+        def head(hidden: torch.Tensor, weight: torch.Tensor) -> LossHeadOutput:
+            hidden = hidden[:, :-1]
+            device = hidden.device
+            scored = targets.to(device)
+            tokens = (scored != IGNORE_INDEX).sum()
+            autocast = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
+
+            lm_scale = alpha / tokens if alpha > 0 else None
+            kd_scale = (1.0 - alpha) * temperature ** 2 / tokens if alpha < 1 else None
+
+            def with_teacher(teacher_hidden: torch.Tensor, teacher_weight: torch.Tensor):
+                # back in the student's grad and autocast modes, inside the teacher's forward
+                with torch.enable_grad(), torch.autocast(device.type, dtype=autocast[1], enabled=autocast[0]):
+                    return head_losses(hidden, weight, scored, chunk_tokens=chunk_tokens, lm_scale=lm_scale,
+                                       teacher_hidden=teacher_hidden[:, :-1].to(device),
+                                       teacher_weight=teacher_weight.to(device), temperature=temperature,
+                                       kd_scale=kd_scale)
+
+            # the teacher's own forward runs as before: no gradients (so its FSDP units stay out of the
+            # backward pass) and no autocast (its own dtype)
+            with torch.no_grad(), torch.autocast(device.type, enabled=False):
+                losses = self.teacher(input_ids.to(self._teacher_device()), head=with_teacher)
+            token_nll = losses.token_nll.view(scored.shape)
+            kd = losses.token_kl.sum() / tokens * temperature ** 2
+            return LossHeadOutput(losses.objective, token_nll.sum(), tokens, token_nll, kd)
+
+        return head
+
+    def _teacher_device(self) -> torch.device:
+        return next(self.teacher.parameters()).device
 
     def _distillation_loss(self, state: State) -> dict:
+        if isinstance(state.outputs, LossHeadOutput):
+            return self._with_hidden_term(state, self._streamed_terms(state))
         ids = state.batch["input_ids"]
         with torch.no_grad():
             teacher_logits = self.teacher(ids.to(next(self.teacher.parameters()).device))
@@ -280,13 +327,24 @@ class Distillation(Algorithm):
             others = loss["total"] - lm if "lm" in loss else 0.0
         else:
             loss, lm, others = {}, state.loss, 0.0
-        terms = {"lm": lm, "kd": kd}
         total = others + self.alpha * lm + (1.0 - self.alpha) * kd
-        if self._student_outputs is not None:
-            hidden = self._hidden_loss(state)
-            terms["hidden"] = hidden
-            total = total + self.hidden_weight * hidden
-        return {**loss, **terms, "total": total}
+        return self._with_hidden_term(state, {**loss, "lm": lm, "kd": kd, "total": total})
+
+    @staticmethod
+    def _streamed_terms(state: State) -> dict:
+        """The student's loss already is alpha * LM + (1 - alpha) * KD (its head ran the teacher): the
+        total stays, and the LM and KD terms are reported on their own."""
+        outputs = state.outputs
+        if outputs.kd is None:
+            raise RuntimeError("the student's forward ran without its distillation head")
+        loss = dict(state.loss) if isinstance(state.loss, dict) else {"total": state.loss}
+        return {**loss, "lm": outputs.lm_loss, "kd": outputs.kd}
+
+    def _with_hidden_term(self, state: State, loss: dict) -> dict:
+        if self._student_outputs is None:
+            return loss
+        hidden = self._hidden_loss(state)
+        return {**loss, "hidden": hidden, "total": loss["total"] + self.hidden_weight * hidden}
 
     def _hidden_loss(self, state: State) -> torch.Tensor:
         projection = composer_model(state).distill_projection

@@ -30,6 +30,7 @@ from composer.core.precision import get_precision_context
 from composer.utils import dist
 
 from llmshearing.data.domain_loss import domain_loss_sums, sample_token_losses
+from llmshearing.model.next_token_loss import LossHeadOutput
 from llmshearing.sheared.noise import noise_streams
 
 
@@ -85,10 +86,10 @@ class TrainBatchLoss:
 
     def observe(self, state: State) -> None:
         domains = state.batch.get("domain") if isinstance(state.batch, dict) else None
-        if domains is None or not isinstance(state.outputs, torch.Tensor):
+        if domains is None or not isinstance(state.outputs, (torch.Tensor, LossHeadOutput)):
             return
         with torch.no_grad():
-            loss_sums, tokens = sample_token_losses(state.outputs.detach(), state.batch)
+            loss_sums, tokens = sample_token_losses(state.outputs, state.batch)
         domains = domains.cpu()
         self.sums.index_add_(0, domains, loss_sums.cpu())
         self.counts.index_add_(0, domains, tokens.cpu())

@@ -12,6 +12,12 @@ class ModelSection:
     # LlamaConfig values: the whole config for random init, or overrides (e.g. attn_impl) otherwise
     config: Dict[str, Any] = field(default_factory=dict)
     gradient_checkpointing: bool = False
+    # tokens whose logits the loss head holds at once (model/loss_head.py): about loss_chunk_tokens x vocab x 4
+    # bytes per buffer; 0 = the whole micro-batch's logits, the unchunked loss
+    loss_chunk_tokens: int = 512
+    # torch | liger: liger-kernel's fused linear cross-entropy for the LM loss where it is installed and on a
+    # GPU (per-token losses are then unavailable: not with dynamic_loading.loss_source train)
+    loss_kernel: str = "torch"
 
 
 @dataclass

@@ -13,9 +13,10 @@ from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from llmshearing.model.llama import LlamaForCausalLM
+from llmshearing.model.loss_head import DEFAULT_CHUNK_TOKENS
+from llmshearing.model.next_token_loss import NextTokenLoss
 
 ALL = "all"
 
@@ -42,12 +43,11 @@ def pooled_result(sums: Dict[str, tuple]) -> DomainResult:
 
 
 @torch.no_grad()
-def sequence_nll(model: LlamaForCausalLM, input_ids: torch.Tensor, masks=None) -> torch.Tensor:
-    """Summed next-token NLL per sequence, shape [batch]."""
-    logits = model(input_ids, masks)[:, :-1].float()
-    targets = input_ids[:, 1:]
-    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    return losses.view(targets.shape).sum(dim=1)
+def sequence_nll(model: LlamaForCausalLM, input_ids: torch.Tensor, masks=None,
+                 chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> torch.Tensor:
+    """Summed next-token NLL per sequence, shape [batch] (the logits made ``chunk_tokens`` at a time)."""
+    outputs = model(input_ids, masks, head=NextTokenLoss(input_ids[:, 1:], chunk_tokens))
+    return outputs.token_nll.sum(dim=1)
 
 
 def split_loaders(data_dir, domains: Sequence[str], *, split: str, batch_size: int, seq_len: int,
@@ -81,10 +81,12 @@ def evaluate_domains(
     max_samples: Optional[int] = None,
     masks=None,
     split: str = "eval",
+    loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
 ) -> Dict[str, DomainResult]:
     """{domain: DomainResult, ..., "all": DomainResult} for ``model`` (a plain LlamaForCausalLM).
 
-    ``max_batches`` / ``max_samples`` cap the samples read per domain (the first ones, in order).
+    ``max_batches`` / ``max_samples`` cap the samples read per domain (the first ones, in order);
+    ``loss_chunk_tokens`` tokens' logits exist at a time (model/loss_head.py).
     """
     from llmshearing.data.corpus import load_manifest
 
@@ -101,7 +103,7 @@ def evaluate_domains(
         nll, tokens = 0.0, 0
         for batch in loader:
             ids = batch["input_ids"].to(device)
-            nll += float(sequence_nll(model, ids, masks).sum())
+            nll += float(sequence_nll(model, ids, masks, loss_chunk_tokens).sum())
             tokens += ids.shape[0] * (ids.shape[1] - 1)
         sums[domain] = (nll, tokens)
     model.train(was_training)

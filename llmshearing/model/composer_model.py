@@ -1,7 +1,15 @@
-"""ComposerModel wrapper: next-token loss, LM metrics, and the optional L0 submodule's masks."""
+"""ComposerModel wrapper: next-token loss, LM metrics, and the optional L0 submodule's masks.
+
+The training forward (train mode) and ``eval_forward`` end in a loss head (model/next_token_loss.py):
+they return a ``LossHeadOutput`` (the loss, its sum and token count, per-token losses) computed from
+the final hidden states ``loss_chunk_tokens`` tokens at a time, never the micro-batch's logits. In
+eval mode ``forward`` returns the logits; with ``loss_chunk_tokens=0`` it always does, and the loss
+and metrics use them, as before.
+"""
 from __future__ import annotations
 
-from typing import Optional
+import logging
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -11,8 +19,10 @@ from composer.models import ComposerModel
 from llmshearing.errors import CheckpointError
 from llmshearing.model.config import LlamaConfig
 from llmshearing.model.llama import DecoderLayer, LlamaForCausalLM
+from llmshearing.model.loss_head import DEFAULT_CHUNK_TOKENS, IGNORE_INDEX, chunk_memory_message
+from llmshearing.model.next_token_loss import LossHeadOutput, NextTokenLoss
 
-IGNORE_INDEX = -100
+log = logging.getLogger(__name__)
 
 
 def is_decoder_layer(module) -> bool:
@@ -25,6 +35,26 @@ def next_token_targets(batch) -> torch.Tensor:
     return labels[:, 1:].contiguous()
 
 
+class _SummedLossUpdate:
+    """Composer's LM metrics, also updated from a ``LossHeadOutput`` (its loss sum and token count:
+    the same ``sum_loss`` / ``total_items`` states the logits would give)."""
+
+    def update(self, output, target) -> None:
+        if isinstance(output, LossHeadOutput):
+            self.sum_loss += output.nll_sum.detach().to(self.sum_loss.dtype)
+            self.total_items += output.tokens.to(self.total_items.dtype)
+        else:
+            super().update(output, target)
+
+
+class StreamedCrossEntropy(_SummedLossUpdate, LanguageCrossEntropy):
+    pass
+
+
+class StreamedPerplexity(_SummedLossUpdate, LanguagePerplexity):
+    pass
+
+
 class ComposerLlama(ComposerModel):
     """Holds the LLaMA model as ``self.model``; an L0 module, when attached, lives at ``self.l0``.
 
@@ -32,7 +62,8 @@ class ComposerLlama(ComposerModel):
     shape it holds, and loading a checkpoint of another shape fails with a clear message.
     """
 
-    def __init__(self, config: LlamaConfig, init_weights: bool = True, model: Optional[LlamaForCausalLM] = None):
+    def __init__(self, config: LlamaConfig, init_weights: bool = True, model: Optional[LlamaForCausalLM] = None,
+                 loss_chunk_tokens: int = DEFAULT_CHUNK_TOKENS, loss_kernel: str = "torch"):
         super().__init__()
         if model is not None:  # wrap an existing model (no copy)
             self.model = model
@@ -45,10 +76,15 @@ class ComposerLlama(ComposerModel):
         # distillation projections) set ``_fsdp_wrap = False``: see llmshearing/composer/distributed.py.
         self.model.fsdp_wrap_fn = is_decoder_layer
         self.model.activation_checkpointing_fn = is_decoder_layer
-        self.train_metrics = {"LanguageCrossEntropy": LanguageCrossEntropy(ignore_index=IGNORE_INDEX)}
+        self.loss_chunk_tokens = loss_chunk_tokens  # 0: the forward returns logits (the unchunked loss)
+        self.loss_kernel = loss_kernel
+        # set by the Distillation algorithm: (input_ids, targets, chunk_tokens) -> the head of a training step
+        self.distillation_head: Optional[Callable] = None
+        self._chunk_memory_logged = False
+        self.train_metrics = {"LanguageCrossEntropy": StreamedCrossEntropy(ignore_index=IGNORE_INDEX)}
         self.eval_metrics = {
-            "LanguageCrossEntropy": LanguageCrossEntropy(ignore_index=IGNORE_INDEX),
-            "LanguagePerplexity": LanguagePerplexity(ignore_index=IGNORE_INDEX),
+            "LanguageCrossEntropy": StreamedCrossEntropy(ignore_index=IGNORE_INDEX),
+            "LanguagePerplexity": StreamedPerplexity(ignore_index=IGNORE_INDEX),
         }
 
     @property
@@ -58,10 +94,28 @@ class ComposerLlama(ComposerModel):
     def current_masks(self):
         return self.l0() if self.l0 is not None else None
 
-    def forward(self, batch) -> torch.Tensor:
-        return self.model(batch["input_ids"], self.current_masks())
+    def forward(self, batch, streamed: Optional[bool] = None):
+        """A ``LossHeadOutput`` in train mode (Composer's training forward) or with ``streamed``; the
+        logits of the (masked) model in eval mode, and always with ``loss_chunk_tokens`` 0."""
+        if streamed is None:
+            streamed = self.training
+        if not (streamed and self.loss_chunk_tokens):
+            return self.model(batch["input_ids"], self.current_masks())
+        return self.model(batch["input_ids"], self.current_masks(), head=self._loss_head(batch))
+
+    def _loss_head(self, batch):
+        targets = next_token_targets(batch)
+        if not self._chunk_memory_logged:
+            self._chunk_memory_logged = True
+            log.info(chunk_memory_message(self.loss_chunk_tokens, self.config.vocab_size, targets.numel()))
+        # the teacher runs only for a step that trains (not for the no-grad loss measurements of dynamic loading)
+        if self.distillation_head is not None and self.training and torch.is_grad_enabled():
+            return self.distillation_head(batch["input_ids"], targets, self.loss_chunk_tokens)
+        return NextTokenLoss(targets, self.loss_chunk_tokens, self.loss_kernel)
 
     def loss(self, outputs, batch, *args, **kwargs) -> torch.Tensor:
+        if isinstance(outputs, LossHeadOutput):
+            return outputs.objective
         logits = outputs[:, :-1]
         targets = next_token_targets(batch)
         return F.cross_entropy(
@@ -69,10 +123,13 @@ class ComposerLlama(ComposerModel):
         )
 
     def eval_forward(self, batch, outputs=None):
-        return outputs if outputs is not None else self.forward(batch)
+        # through __call__, so that a root FSDP2 module gathers its parameters as for training
+        return outputs if outputs is not None else self(batch, streamed=True)
 
     def update_metric(self, batch, outputs, metric) -> None:
-        metric.update(outputs[:, :-1].contiguous().float(), next_token_targets(batch))
+        if not isinstance(outputs, LossHeadOutput):
+            outputs = outputs[:, :-1].contiguous().float()
+        metric.update(outputs, next_token_targets(batch))
 
     def get_metrics(self, is_train: bool = False):
         return self.train_metrics if is_train else self.eval_metrics

@@ -13,7 +13,7 @@ assume equal sizes in every layer); with no masks this is an ordinary LLaMA:
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -272,15 +272,21 @@ class LlamaForCausalLM(nn.Module):
             elif isinstance(module, RMSNorm):
                 nn.init.constant_(module.weight, 0.0 if module.plus_one else 1.0)
 
-    def forward(self, input_ids: torch.Tensor, masks: Optional[Masks] = None) -> torch.Tensor:
-        """Logits [batch, seq, vocab]."""
+    def forward(self, input_ids: torch.Tensor, masks: Optional[Masks] = None,
+                head: Optional[Callable[[torch.Tensor, torch.Tensor], Any]] = None):
+        """Logits [batch, seq, vocab]; with ``head``, ``head(hidden, lm_head weight)`` instead, where
+        ``hidden`` [batch, seq, d] is what the lm_head would multiply (``hidden_z`` applied). The head
+        runs inside this forward, where FSDP holds the weight unsharded (see model/next_token_loss.py)."""
         if masks:
             unknown = set(masks) - set(MASK_NAMES)
             if unknown:
                 raise KeyError(f"unknown mask names {sorted(unknown)}; expected some of {MASK_NAMES}")
         h = self.model(input_ids, masks)
         hidden_z = (masks or {}).get("hidden_z")
-        return self.lm_head(_scale(h, hidden_z))
+        hidden = _scale(h, hidden_z)
+        if head is not None:
+            return head(hidden, self.lm_head.weight)
+        return self.lm_head(hidden)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
