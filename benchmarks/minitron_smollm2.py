@@ -64,7 +64,7 @@ def main() -> None:
         results = evaluate_domains(model, args.data, seq_len=args.seq_len, batch_size=8, max_batches=args.eval_batches)
         return {domain: round(r.perplexity, 2) for domain, r in results.items()}
 
-    source = timed("load", lambda: load_model(smollm2_gguf_path()).model.to(args.device).eval())
+    source = timed("load", lambda: load_model(smollm2_gguf_path()).to(args.device).eval())
     target = TargetShape(**TARGET)
     batches = calibration_batches(args.data, args.calib_samples, args.seq_len, batch_size=8, seed=args.seed)
     importance = timed("importance", lambda: estimate_importance(source, batches, depth_metric=args.depth_metric))

@@ -299,7 +299,7 @@ BUILDERS = {"sheared_dynamic": lambda st: sheared(st, "dynamic"), "sheared_stati
 
 # ---- shapes and sources ------------------------------------------------------------------------
 def resolved_source(path: str) -> str:
-    from llmshearing.training import resolve_model_path
+    from llmshearing.assets import resolve_model_path
 
     return resolve_model_path(path)
 

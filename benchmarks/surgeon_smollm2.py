@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write every figure to this file")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    source = load_model(smollm2_gguf_path()).model.to(device).eval()
+    source = load_model(smollm2_gguf_path()).to(device).eval()
     batches = calibration_batches(args.data, args.calib_samples, args.seq_len, args.batch_size, seed=0)
     started = time.perf_counter()
     dense = evaluate_domains(source, args.data, batch_size=args.batch_size, max_batches=args.eval_batches)

@@ -242,3 +242,10 @@ def save_tokenizer(tokenizer, folder) -> None:
     """Save only the fast tokenizer files: the slow sentencepiece file transformers derives from a
     GGUF vocabulary is ~100 MB and adds nothing a fast tokenizer needs."""
     tokenizer.save_pretrained(str(folder), legacy_format=False)
+
+
+def resolve_model_path(path):
+    """``path``, or the file a model shortcut (``"smollm2"``) names; None stays None."""
+    if path == "smollm2":
+        return str(smollm2_gguf_path())
+    return path

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from llmshearing.errors import CheckpointError
 from llmshearing.model.config import LlamaConfig
-from llmshearing.plan import PruningPlan
+from llmshearing.plan import PLAN_STATE_KEY, PruningPlan
 
-PLAN_STATE_KEY = "pruning_plan"  # the entry of the L0 module's extra state that holds the plan
 EXTRA_STATE = "_extra_state"
 
 

@@ -24,6 +24,7 @@ from llmshearing.shape import TargetShape
 PLAN_FILE = "pruning_plan.json"
 WEIGHTS_KEY = "replacement_weights_file"  # JSON key naming the tensors file (relative to the JSON)
 WARNING_KEY = "warning"  # metadata entry: the method's caveat about the plan, for whoever slices with it
+PLAN_STATE_KEY = "pruning_plan"  # the entry of an L0 module's extra state that holds its plan (checkpoint_plan.py)
 
 
 @dataclass

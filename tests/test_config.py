@@ -126,3 +126,38 @@ def test_impossible_targets_are_rejected(target, message):
 def test_unspecified_target_dimensions_keep_the_source_and_group_ratio():
     shape = TargetShape.from_mapping(dict(hidden_size=32, num_attention_heads=4), SOURCE)
     assert shape.num_key_value_heads == 2 and shape.num_hidden_layers == 4 and shape.intermediate_size == 128
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dynamic_loading.mode=dynmic", "dynamic_loading.mode must be one of dynamic, static; got 'dynmic' "
+                                    "(did you mean 'dynamic'?)"),
+    ("dynamic_loading.loss_source=batches", "dynamic_loading.loss_source must be one of eval, train; got 'batches'"),
+    ("precision=bf16", "precision must be one of fp32, amp_bf16, amp_fp16; got 'bf16' (did you mean 'amp_bf16'?)"),
+    ("device=cuda", "device must be one of cpu, gpu, null; got 'cuda'"),
+    ("scheduler.name=cosin", "scheduler.name must be one of constant, linear, cosine; got 'cosin' "
+                             "(did you mean 'cosine'?)"),
+    ("model.loss_kernel=triton", "model.loss_kernel must be one of torch, liger; got 'triton'"),
+    ("data.train_split=eval", "data.train_split must be one of train, cpt; got 'eval'"),
+    ("teacher.hidden_loss=l2", "teacher.hidden_loss must be one of cosine, mse; got 'l2'"),
+    ("teacher.dtype=fp16", "teacher.dtype must be one of auto, float32, bfloat16; got 'fp16'"),
+    ("python_log_level=verbose", "python_log_level must be one of debug, info, warning, error, critical"),
+])
+def test_a_choice_field_names_its_allowed_values_when_the_yaml_is_read(override, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config("yamls/demo_smollm2_prune.yaml", [override])
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_an_optional_choice_field_takes_null():
+    assert load_config("yamls/tiny_prune.yaml", ["device=null"]).device is None
+
+
+def test_the_schema_lists_the_choices_the_code_implements():
+    from llmshearing.composer.distillation import TEACHER_DTYPES
+    from llmshearing.config import schema
+    from llmshearing.model.loss_head import KERNELS
+    from llmshearing.training import SCHEDULERS
+
+    assert schema.LOSS_KERNELS == tuple(KERNELS)
+    assert schema.TEACHER_DTYPES == tuple(TEACHER_DTYPES)
+    assert schema.SCHEDULERS == tuple(SCHEDULERS)

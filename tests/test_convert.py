@@ -142,17 +142,17 @@ def test_hf_round_trip(tmp_path, variant):
     ours = load_model(tmp_path / "hf")
     tied = hf_model.config.tie_word_embeddings
     assert ours.config.tie_word_embeddings == tied
-    assert (ours.model.lm_head.weight is ours.model.model.embed_tokens.weight) == tied
-    assert max_diff(ours.model(ids), expected) <= 1e-5
+    assert (ours.lm_head.weight is ours.model.embed_tokens.weight) == tied
+    assert max_diff(ours(ids), expected) <= 1e-5
 
     checkpoint = save_composer_checkpoint(ours, tmp_path / "ckpt" / "model.pt")
     assert detect_format(checkpoint) == "composer"
-    assert_same_state(ours, read_composer_checkpoint(checkpoint))
+    assert_same_state(ComposerLlama.wrapping(ours), read_composer_checkpoint(checkpoint))
     reloaded, l0_state = load_composer_model(checkpoint)
     assert l0_state is None
     assert_same_state(ours, reloaded.state_dict())
 
-    out = export_hf(reloaded.model, tmp_path / "export")
+    out = export_hf(reloaded, tmp_path / "export")
     assert not list(tmp_path.glob("export.tmp-*"))
     exported = load_exported(out)
     assert exported.config.tie_word_embeddings == tied
@@ -175,7 +175,7 @@ def test_mistral_style_model_loads_with_equal_logits(tmp_path):
     ids = token_batch(config.vocab_size)
     ours = load_model(tmp_path / "mistral")
     assert ours.config.num_key_value_heads == 2 and ours.config.rope_theta == 1e6
-    assert max_diff(ours.model(ids), mistral(ids).logits) <= 1e-5
+    assert max_diff(ours(ids), mistral(ids).logits) <= 1e-5
 
 
 @torch.no_grad()
@@ -217,13 +217,13 @@ def test_smollm2_gguf_matches_transformers_and_round_trips(tmp_path):
 
     ours = load_model(gguf)
     assert ours.config.tie_word_embeddings
-    assert ours.model.lm_head.weight is ours.model.model.embed_tokens.weight
-    assert max_diff(ours.model(ids), expected) <= 1e-3
+    assert ours.lm_head.weight is ours.model.embed_tokens.weight
+    assert max_diff(ours(ids), expected) <= 1e-3
 
     checkpoint = save_composer_checkpoint(ours, tmp_path / "smollm2.pt")
     del ours
     reloaded, _ = load_composer_model(checkpoint)
-    exported = load_exported(export_hf(reloaded.model, tmp_path / "export"))
+    exported = load_exported(export_hf(reloaded, tmp_path / "export"))
     assert max_diff(exported(ids).logits, expected) <= 1e-3
 
 
@@ -383,7 +383,7 @@ def test_cli_hf_to_composer_and_back_with_tokenizer(tmp_path, capsys):
     assert (tmp_path / "ckpt" / "model.tokenizer").is_dir()
     model, _ = load_composer_model(checkpoint)
     ids = token_batch(hf_model.config.vocab_size)
-    assert max_diff(model.model(ids), hf_model(ids).logits) <= 1e-5
+    assert max_diff(model(ids), hf_model(ids).logits) <= 1e-5
 
     # composer-to-hf takes the checkpoint's own tokenizer folder
     code, out, err = run_cli(capsys, "composer-to-hf", checkpoint, tmp_path / "export")

@@ -16,6 +16,7 @@ from llmshearing.convert import export_hf
 from llmshearing.errors import ConfigError
 from llmshearing.minitron import Importance, build_plan
 from llmshearing.model import LlamaConfig, LlamaForCausalLM
+from llmshearing.model.composer_model import ComposerLlama
 from llmshearing.shape import TargetShape
 from llmshearing.slicing import slice_model
 from tests.helpers import tiny_model
@@ -180,7 +181,7 @@ def test_teacher_with_another_vocabulary_is_refused(teacher_and_student):
     from llmshearing.convert import load_model
 
     _, student_dir = teacher_and_student
-    state = SimpleNamespace(model=load_model(student_dir), optimizers=[])
+    state = SimpleNamespace(model=ComposerLlama.wrapping(load_model(student_dir)), optimizers=[])
     with pytest.raises(ConfigError, match="vocabulary"):
         Distillation(tiny_model()).apply(Event.INIT, state, None)
 

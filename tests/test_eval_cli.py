@@ -65,7 +65,7 @@ def test_training_evaluators_report_the_same_numbers(tiny_dir, sample_corpus):
     from llmshearing.data.loaders import build_eval_dataloaders
     from llmshearing.convert.sources import load_model
 
-    model: ComposerLlama = load_model(tiny_dir)
+    model = ComposerLlama.wrapping(load_model(tiny_dir))
     expected = evaluate_domains(model.model, sample_corpus, ["code"], seq_len=64, batch_size=4, max_batches=2)
     metric = model.get_metrics(is_train=False)["LanguageCrossEntropy"]
     with torch.no_grad():

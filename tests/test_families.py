@@ -55,7 +55,7 @@ def family(request, tmp_path_factory):
     hf = hf_model(request.param)
     folder = tmp_path_factory.mktemp(request.param) / "hf"
     hf.save_pretrained(folder)
-    return request.param, hf, folder, load_model(folder).model.eval()
+    return request.param, hf, folder, load_model(folder).eval()
 
 
 @torch.no_grad()
@@ -202,7 +202,7 @@ def test_a_llama_whose_hidden_size_is_no_multiple_of_its_heads_exports_as_mistra
     back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert type(back).__name__ == "MistralForCausalLM"
     assert (back(TOKENS).logits - masked).abs().max() <= 1e-4
-    assert (load_model(out).model(TOKENS) - masked).abs().max() <= 1e-4
+    assert (load_model(out)(TOKENS) - masked).abs().max() <= 1e-4
 
 
 @torch.no_grad()
@@ -215,7 +215,7 @@ def test_a_transformers4_llama_export_of_such_a_shape_still_loads(tmp_path):
     for key in ("sliding_window",):
         config.pop(key)
     (out / "config.json").write_text(json.dumps(config))
-    assert (load_model(out).model(TOKENS) - ours(TOKENS)).abs().max() <= 1e-5
+    assert (load_model(out)(TOKENS) - ours(TOKENS)).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("name", ["gemma3_text", "llama_with_attention_bias"])

@@ -85,7 +85,7 @@ def source(request, tmp_path_factory) -> Source:
     folder = tmp_path_factory.mktemp(request.param) / "hf"
     hf.save_pretrained(folder)
     save_tokenizer_with_eos(folder)
-    return Source(request.param, folder, hf.config, load_model(folder).model.eval())
+    return Source(request.param, folder, hf.config, load_model(folder).eval())
 
 
 # ---- shared checks --------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def load_export(out: Path, source: Source, *, per_layer: bool = False, kept_laye
     assert len(hf.model.layers) == len(kept)
     ours = source.model.config
     windows = [ours.window_of(i) for i in kept]
-    assert [load_model(out).model.config.window_of(i) for i in range(len(kept))] == windows
+    assert [load_model(out).config.window_of(i) for i in range(len(kept))] == windows
     if getattr(source.hf_config, "layer_types", None) and any(windows):
         assert hf.config.layer_types == [source.hf_config.layer_types[i] for i in kept]
     if any(windows):
@@ -125,7 +125,7 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.no_grad()
 def source_with_replacements(source: Source, plan: PruningPlan):
     """Our source model (fresh) with the plan's replacement weights (LLM Surgeon's updated weights)."""
-    model = load_model(source.folder).model.eval()
+    model = load_model(source.folder).eval()
     params = dict(model.named_parameters())
     for name, tensor in (plan.replacement_weights or {}).items():
         params[name].copy_(tensor)
@@ -202,11 +202,11 @@ def test_sheared_pruning_exports_the_familys_class(source, sheared_run):
     assert PruningPlan.load(out).to_dict() == plan.to_dict()
     hf = load_export(out, source, kept_layers=[layer.source_index for layer in plan.layers])
     assert {k: getattr(hf.config, k) for k in TARGET} == TARGET
-    sliced = slice_model(model.model.eval(), plan)
+    sliced = slice_model(model.eval(), plan)
     expected = hf(TOKENS).logits
     assert expected.abs().max() > 0.5
     assert max_diff(expected, sliced(TOKENS)) <= 1e-4
-    assert max_diff(expected, model.model.eval()(TOKENS, l0.eval()())) <= 1e-4  # the masked model
+    assert max_diff(expected, model.eval()(TOKENS, l0.eval()())) <= 1e-4  # the masked model
     assert hf.num_parameters() == sliced.num_parameters() == config_parameters(sliced.config)
 
 
@@ -378,7 +378,7 @@ def test_surgeon_moves_only_projection_weights_and_removed_rows_biases_change_no
     from llmshearing.surgeon.settings import SurgeonSettings
     from llmshearing.surgeon.shots import run_surgeon
 
-    model = load_model(source.folder).model.eval()
+    model = load_model(source.folder).eval()
     batches = calibration_batches(sample_corpus, 10, 32, 5)
     settings = SurgeonSettings(mode="structured", shots=2, attention_unit="kv-group", finetune_steps=2, finetune_lr=1e-2,
                                target=dict(num_attention_heads=3, num_key_value_heads=1, intermediate_size=24),
@@ -415,7 +415,7 @@ def test_surgeon_sparse_modes_keep_the_family_and_the_pattern(source, surgeon_ru
     for name, parameter in hf.named_parameters():
         if not (name.endswith(".weight") and any(f".{p}." in name for p in ATTENTION + ("gate_proj", "up_proj", "down_proj"))):
             assert torch.equal(parameter, ours[name]), name
-    assert max_diff(hf(TOKENS).logits, load_model(out).model.eval()(TOKENS)) <= 1e-4
+    assert max_diff(hf(TOKENS).logits, load_model(out).eval()(TOKENS)) <= 1e-4
 
 
 # ---- evaluation ---------------------------------------------------------------------------------------

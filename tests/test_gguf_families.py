@@ -79,7 +79,7 @@ def test_transformers_reads_the_written_gguf(family):
 def test_gguf_to_ours_to_hf_keeps_logits(family, tmp_path):
     _, original, path, gguf_class = family
     expected = original(TOKENS).logits
-    ours = load_model(path).model.eval()
+    ours = load_model(path).eval()
     assert (ours(TOKENS) - expected).abs().max() <= 1e-4
     back = transformers.AutoModelForCausalLM.from_pretrained(export_hf(ours, tmp_path / "export")).eval()
     assert type(back).__name__ == gguf_class  # the family's own class, no remote code

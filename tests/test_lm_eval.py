@@ -73,6 +73,6 @@ def test_smollm2_predicts_last_words(tmp_path):
     from llmshearing.assets import smollm2_gguf_path
     from llmshearing.convert.sources import load_model
 
-    model_dir = export_hf(load_model(smollm2_gguf_path()).model, tmp_path / "smollm2", tokenizer=load_tokenizer())
+    model_dir = export_hf(load_model(smollm2_gguf_path()), tmp_path / "smollm2", tokenizer=load_tokenizer())
     scores = run_lm_eval(model_dir, tmp_path, limit=16)  # 16 passages keep it near a minute on CPU
     assert scores["acc,none"] > 0.1 and scores["perplexity,none"] < 1000

@@ -57,7 +57,7 @@ def test_cli_prunes_to_the_target_and_exports_a_model_transformers_loads(source,
     assert AutoTokenizer.from_pretrained(out).vocab_size == CONFIG.vocab_size
     plan = PruningPlan.load(out)
     assert plan.method == "minitron"
-    ours = slice_model(load_model(source).model, plan)
+    ours = slice_model(load_model(source), plan)
     ids = torch.randint(0, CONFIG.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
     assert (hf(ids).logits - ours(ids)).abs().max() <= 1e-5
     scores = json.loads((out / "importance.json").read_text())

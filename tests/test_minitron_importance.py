@@ -208,7 +208,7 @@ def test_smollm2_importance_pruning_drops_whole_kv_groups_and_beats_random(sampl
     from llmshearing.data.calibration import calibration_batches
     from llmshearing.minitron.depth import mean_lm_loss
 
-    source = load_model(smollm2_gguf_path()).model.eval()
+    source = load_model(smollm2_gguf_path()).eval()
     target = TargetShape(hidden_size=384, num_attention_heads=6, num_key_value_heads=2, num_hidden_layers=20,
                          intermediate_size=1024)
     calibration = calibration_batches(sample_corpus, 10, seq_len=64, batch_size=5, seed=0)

@@ -178,7 +178,7 @@ def test_per_layer_export_loads_with_transformers_remote_code_and_our_loader(tmp
     assert (out / "modeling_llmshearing_llama.py").is_file()
     hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
     assert hf.config.model_type == "llama" and hf.config.intermediate_sizes == [30, 9, 30]
-    ours = load_model(out).model
+    ours = load_model(out)
     with torch.no_grad():
         expected = sliced(TOKENS)
         assert (hf(TOKENS).logits - expected).abs().max().item() <= 1e-4

@@ -50,7 +50,8 @@ def test_the_wheel_declares_the_dependencies_the_command_and_the_data_files(buil
     assert any(r.replace("_", "-").startswith("lm-eval==0.4.13") and 'extra == "test"' in r for r in requires), requires
     assert "llmshearing = llmshearing.cli.main:main" in entry_points
     for data_file in ("llmshearing/convert/modeling_llmshearing_llama.py", "llmshearing/eval/lm_eval_tasks/",
-                      "llmshearing/yamls/sheared.yaml"):
+                      "llmshearing/yamls/sheared.yaml",
+                      "llmshearing/data/sample_corpus.py"):  # the demo's corpus, without a checkout
         assert any(name.startswith(data_file) for name in names), data_file
     assert any(name.startswith("llmshearing/eval/lm_eval_tasks/") and name.endswith(".yaml") for name in names)
     assert not any(name.startswith("tests/") for name in names)
@@ -79,3 +80,33 @@ def test_the_installed_command_answers_help_without_torch(built, tmp_path):
     assert result.returncode == 0, result.stderr
     for subcommand in ("prepare", "train", "prune", "export", "import", "eval", "demo"):
         assert subcommand in result.stdout
+
+
+def test_another_project_installs_the_wheel_with_the_readme_pins(built, tmp_path):
+    """README: uv reads [tool.uv] only in its own project; the pin files its commands write make uv resolve the
+    wheel into another environment with our torch / transformers, not Composer's metadata's."""
+    readme = (ROOT / "README.md").read_text()
+    lines = [line for line in readme.splitlines() if line.startswith('python -c "import tomllib')]
+    assert len(lines) == 2, lines
+    for line in lines:
+        subprocess.run(line, shell=True, cwd=ROOT, check=True, timeout=60,
+                       env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"})
+    try:
+        pins = {name: (ROOT / name).read_text().split() for name in ("overrides.txt", "constraints.txt")}
+    finally:
+        for name in ("overrides.txt", "constraints.txt"):
+            (ROOT / name).unlink(missing_ok=True)
+    uv_table = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["uv"]
+    assert pins == {"overrides.txt": uv_table["override-dependencies"],
+                    "constraints.txt": uv_table["constraint-dependencies"]}
+    for name, lines in pins.items():
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=False).create(env_dir)
+    result = subprocess.run([UV, "pip", "install", "--dry-run", "--python", str(env_dir / "bin" / "python"),
+                             "--override", str(tmp_path / "overrides.txt"), "--constraint",
+                             str(tmp_path / "constraints.txt"), str(wheel_of(built))],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    wanted = {pin for pin in uv_table["override-dependencies"] if "==" in pin}
+    assert wanted <= {line.strip(" +") for line in (result.stdout + result.stderr).splitlines()}, result.stderr[-2000:]

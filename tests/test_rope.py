@@ -82,7 +82,7 @@ def case(request, tmp_path_factory):
     hf = hf_model(CASES[request.param]())
     folder = tmp_path_factory.mktemp(request.param) / "hf"
     hf.save_pretrained(folder)
-    return request.param, hf, hf_logits(hf), load_model(folder).model.eval()
+    return request.param, hf, hf_logits(hf), load_model(folder).eval()
 
 
 @torch.no_grad()

@@ -248,7 +248,7 @@ def test_cli_structured_default_exports_per_layer_sizes_that_transformers_loads(
     sizes = report["result_shape"]["intermediate_sizes"]
     assert len(sizes) == 3 and len(set(sizes)) > 1 and abs(report["density"] - 0.6) < 0.05
     hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
-    ours = load_model(out).model
+    ours = load_model(out)
     assert hf.config.intermediate_sizes == ours.config.intermediate_sizes == sizes
     assert [layer.mlp.up_proj.weight.shape[0] for layer in hf.model.layers] == sizes
     with torch.no_grad():
@@ -265,7 +265,7 @@ def test_cli_structured_exports_a_smaller_model_that_transformers_loads(tiny_hf_
     assert len(report["layers"]) == 3 and abs(report["density"] - 0.7) < 0.05
     assert report["parameters"]["result"] < report["parameters"]["source"]
     hf = AutoModelForCausalLM.from_pretrained(out).eval()
-    ours = load_model(out).model
+    ours = load_model(out)
     assert hf.config.intermediate_size == report["result_shape"]["intermediate_size"] < SHAPE["intermediate_size"]
     with torch.no_grad():
         assert (hf(TOKENS).logits - ours(TOKENS)).abs().max().item() <= 1e-4
@@ -280,7 +280,7 @@ def test_cli_sparse_modes_export_dense_weights_with_zeros(tiny_hf_dir, sample_co
     report = json.loads((out / REPORT_FILE).read_text())
     assert report["density"] == density
     assert report["parameters"]["nonzero"] < report["parameters"]["result"] == report["parameters"]["source"]
-    weights = projection_weights(load_model(out).model)
+    weights = projection_weights(load_model(out))
     assert sum(int((w == 0).sum()) for w in weights) == round(density * sum(w.numel() for w in weights))
 
 
@@ -320,7 +320,7 @@ def keep_source_copies(monkeypatch):
 
     def load_and_keep(*args, **kwargs):
         model = load_model(*args, **kwargs)
-        loaded.append(copy.deepcopy(model.model))
+        loaded.append(copy.deepcopy(model))
         return model
 
     monkeypatch.setattr("llmshearing.convert.load_model", load_and_keep)
@@ -343,7 +343,7 @@ def test_cli_prunes_smollm2_structured_into_a_smaller_working_model(sample_corpu
     hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
     assert hf.config.num_key_value_heads == 3 and hf.config.num_hidden_layers == 30
     assert len(set(hf.config.intermediate_sizes)) > 1 and sum(hf.config.intermediate_sizes) < 30 * 1536
-    pruned = load_model(out).model
+    pruned = load_model(out)
     (dense,) = sources  # the SmolLM2 GGUF as the CLI loaded it, before pruning
     kwargs = dict(domains=["code", "prose"], batch_size=4, max_batches=1)
     assert evaluate_domains(pruned, sample_corpus, **kwargs)["all"].loss < evaluate_domains(dense, sample_corpus, **kwargs)["all"].loss + 1.0

@@ -13,6 +13,7 @@ import torch
 from llmshearing.config import load_config
 from llmshearing.convert import load_composer_model
 from llmshearing.sheared.l0_state import rebuild_l0_module
+from llmshearing.model.composer_model import ComposerLlama
 from llmshearing.plan import PruningPlan
 from llmshearing.shape import TargetShape
 
@@ -86,7 +87,8 @@ def test_pruned_checkpoint_exports_a_sliced_model_equal_to_the_masked_one(tiny_r
 @torch.no_grad()
 def masked_vs_exported(checkpoint: Path, hf) -> float:
     """Largest logit difference between the checkpoint's masked model (eval masks) and its export."""
-    model, l0_state = load_composer_model(checkpoint)
+    llama, l0_state = load_composer_model(checkpoint)
+    model = ComposerLlama.wrapping(llama)
     model.l0 = rebuild_l0_module(model.config, l0_state)
     tokens = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
     return (model.eval()({"input_ids": tokens}) - hf(tokens).logits).abs().max().item()

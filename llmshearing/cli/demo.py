@@ -19,7 +19,6 @@ from llmshearing.cli.command import command_parser, run_cli
 from llmshearing.errors import RunFailedError
 from llmshearing.recipes import RECIPES
 
-REPO = Path(__file__).resolve().parents[2]
 DEMO_YAML = RECIPES / "demo_smollm2_prune.yaml"
 CPT_YAML = RECIPES / "demo_smollm2_cpt.yaml"
 
@@ -27,7 +26,7 @@ CPT_YAML = RECIPES / "demo_smollm2_cpt.yaml"
 def run_step(title: str, command: list) -> None:
     print(f"\n=== {title}\n$ {' '.join(str(c) for c in command)}", flush=True)
     started = time.time()
-    result = subprocess.run([str(c) for c in command], cwd=REPO)
+    result = subprocess.run([str(c) for c in command])
     if result.returncode != 0:
         raise RunFailedError(f"demo step failed ({title}), exit code {result.returncode}")
     print(f"--- {title}: {time.time() - started:.0f} s", flush=True)
@@ -48,7 +47,7 @@ def demo(args: argparse.Namespace) -> None:
     print("llmshearing demo: a DEMONSTRATION of the pipeline on CPU, not a converged pruning run.")
     if not (corpus / "manifest.json").exists():
         run_step("build the sample corpus",
-                 [sys.executable, REPO / "data_prep" / "build_sample_corpus.py", "--out", corpus])
+                 [sys.executable, "-m", "llmshearing.data.sample_corpus", "--out", corpus])
     run_step("reference losses: the source model's own loss per domain (for dynamic batch loading)",
              [*llmshearing, "reference-loss", "--model", "smollm2", "--data", corpus,
               "--out", references, "--seq-len", "128", "--batches", "2", "--batch-size", "4"])

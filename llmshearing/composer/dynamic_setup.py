@@ -19,18 +19,11 @@ from llmshearing.config.schema import DynamicLoadingSection, TrainConfig
 from llmshearing.data.mixture_update import MixtureUpdate
 from llmshearing.errors import ConfigError
 
-MODES = ("dynamic", "static")
-LOSS_SOURCES = ("eval", "train")
 PLOT_FILE = "domain_weights.png"
 
 
 def _checked_section(cfg: TrainConfig) -> DynamicLoadingSection:
     section = cfg.dynamic_loading
-    if section.mode not in MODES:
-        raise ConfigError(f"dynamic_loading.mode must be one of {MODES}, got '{section.mode}'")
-    if section.loss_source not in LOSS_SOURCES:
-        raise ConfigError(f"dynamic_loading.loss_source must be one of {LOSS_SOURCES}, "
-                          f"got '{section.loss_source}'")
     if section.update_interval < 1:
         raise ConfigError(f"dynamic_loading.update_interval must be >= 1 step, got {section.update_interval}")
     if section.loss_batches < 1:

@@ -35,6 +35,21 @@ def check_keys(values: dict, schema=TrainConfig, prefix: str = "") -> None:
             check_keys(value, section, prefix=f"{full}.")
 
 
+def check_choices(config, prefix: str = "") -> None:
+    """Raise ConfigError naming the first ``one_of`` field whose value is not one of its choices."""
+    for item in dataclasses.fields(config):
+        value, full = getattr(config, item.name), f"{prefix}{item.name}"
+        if dataclasses.is_dataclass(value):
+            check_choices(value, prefix=f"{full}.")
+        choices = item.metadata.get("choices")
+        if choices is None or value in choices or (value is None and item.metadata["optional"]):
+            continue
+        nearest = difflib.get_close_matches(str(value), choices, n=1)
+        suggestion = f" (did you mean '{nearest[0]}'?)" if nearest else ""
+        allowed = ", ".join(choices) + (", null" if item.metadata["optional"] else "")
+        raise ConfigError(f"{full} must be one of {allowed}; got '{value}'{suggestion}")
+
+
 def load_config(yaml_path, overrides: Sequence[str] = ()) -> TrainConfig:
     path = Path(yaml_path)
     if not path.is_file():
@@ -51,4 +66,6 @@ def load_config(yaml_path, overrides: Sequence[str] = ()) -> TrainConfig:
         typed = OmegaConf.merge(OmegaConf.structured(TrainConfig), values)
     except Exception as exc:  # noqa: BLE001 - omegaconf validation errors (wrong types)
         raise ConfigError(f"invalid config value: {exc}".splitlines()[0]) from exc
-    return OmegaConf.to_object(typed)
+    config = OmegaConf.to_object(typed)
+    check_choices(config)
+    return config

@@ -1,8 +1,28 @@
-"""The yaml schema of a training run (pruning, continued pre-training). Unknown keys are errors."""
+"""The yaml schema of a training run (pruning, continued pre-training). Unknown keys are errors.
+
+A field made with ``one_of`` takes only the values it lists; config/load.py checks them all once, when
+the yaml is read, and names the allowed values in the error.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
+
+LOSS_KERNELS = ("torch", "liger")
+TRAIN_SPLITS = ("train", "cpt")
+TEACHER_HIDDEN_LOSSES = ("cosine", "mse")
+TEACHER_DTYPES = ("auto", "float32", "bfloat16")
+DYNAMIC_MODES = ("dynamic", "static")
+LOSS_SOURCES = ("eval", "train")
+SCHEDULERS = ("constant", "linear", "cosine")
+PRECISIONS = ("fp32", "amp_bf16", "amp_fp16")
+DEVICES = ("cpu", "gpu")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def one_of(default: Optional[str], choices: tuple, optional: bool = False):
+    """A field whose value must be one of ``choices`` (or null, when ``optional``)."""
+    return field(default=default, metadata={"choices": choices, "optional": optional})
 
 
 @dataclass
@@ -17,7 +37,7 @@ class ModelSection:
     loss_chunk_tokens: int = 512
     # torch | liger: liger-kernel's fused linear cross-entropy for the LM loss where it is installed and on a
     # GPU (per-token losses are then unavailable: not with dynamic_loading.loss_source train)
-    loss_kernel: str = "torch"
+    loss_kernel: str = one_of("torch", LOSS_KERNELS)
 
 
 @dataclass
@@ -29,7 +49,7 @@ class DataSection:
     seq_len: int = 4096
     # the split trained on: train, or cpt (the second disjoint train split `prepare --cpt-tokens` writes,
     # so continued pre-training sees other documents than pruning did)
-    train_split: str = "train"
+    train_split: str = one_of("train", TRAIN_SPLITS)
     num_workers: int = 0
     eval_max_batches: Optional[int] = None  # per domain and evaluation; null = whole eval split
 
@@ -54,21 +74,22 @@ class TeacherSection:
     alpha: float = 0.0  # weight of the LM loss; the logit KL gets 1 - alpha
     hidden_weight: float = 0.0  # intermediate hidden-state loss (through learned projections); 0 = off
     hidden_layers: List[int] = field(default_factory=lambda: [-1])  # student layers (negative = from the end)
-    hidden_loss: str = "cosine"  # cosine | mse
-    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16
+    hidden_loss: str = one_of("cosine", TEACHER_HIDDEN_LOSSES)
+    dtype: str = one_of("auto", TEACHER_DTYPES)  # auto: bf16 on GPU, fp32 on CPU
 
 
 @dataclass
 class DynamicLoadingSection:
     """Sheared LLaMA's dynamic batch loading (data.domains / data.proportions give the initial mix)."""
 
-    mode: str = "dynamic"  # dynamic | static (same loader and loss logging, weights never change)
+    mode: str = one_of("dynamic", DYNAMIC_MODES)  # static: same loader and loss logging, weights never change
     update_interval: int = 50  # steps between weight updates (paper: 50 pruning, 400 CPT)
     reference_losses: Dict[str, float] = field(default_factory=dict)  # domain -> target loss
     reference_losses_file: Optional[str] = None  # JSON from python -m llmshearing.data.reference_loss
     eta: float = 1.0  # step size of the exponentiated update
     smoothing: float = 1.0e-4  # c in w = (1 - c) alpha / sum(alpha) + c / k
-    loss_source: str = "eval"  # eval (eval splits, loss_batches per domain) | train (training batches)
+    # eval: eval splits, loss_batches per domain; train: the training batches
+    loss_source: str = one_of("eval", LOSS_SOURCES)
     loss_batches: int = 1  # eval batches (device_eval_batch_size) per domain, rank and update (train: unsampled domains)
     max_repeats: Optional[int] = None  # stop drawing a domain repeated this often; null = no cap
     plot: bool = True  # domain_weights.png in save_folder at the end
@@ -84,7 +105,7 @@ class OptimizerSection:
 
 @dataclass
 class SchedulerSection:
-    name: str = "cosine"  # constant | linear | cosine
+    name: str = one_of("cosine", SCHEDULERS)
     t_warmup: str = "0ba"
     alpha_f: float = 0.1
 
@@ -106,8 +127,8 @@ class TrainConfig:
     device_eval_batch_size: int = 8
     max_duration: str = "3200ba"
     eval_interval: str = "50ba"
-    precision: str = "fp32"  # fp32 | amp_bf16 | amp_fp16
-    device: Optional[str] = None  # cpu | gpu; default: gpu when available
+    precision: str = one_of("fp32", PRECISIONS)
+    device: Optional[str] = one_of(None, DEVICES, optional=True)  # null: gpu when available
     fsdp: Optional[Dict[str, Any]] = None  # passed to Composer as parallelism_config.fsdp
     save_folder: Optional[str] = None  # a local folder or a remote one (s3://, gs://, oci://, libcloud://, ...)
     # keyword arguments of the object store of a remote save_folder, beyond what its URI says
@@ -124,4 +145,4 @@ class TrainConfig:
     console_log_interval: str = "10ba"
     progress_bar: bool = False
     mask_plot: bool = True
-    python_log_level: str = "info"
+    python_log_level: str = one_of("info", LOG_LEVELS)

@@ -18,8 +18,8 @@ from llmshearing.cli.command import CommandParser, command_parser, run_cli
 from llmshearing.convert.messages import first_line
 from llmshearing.devices import torch_dtype
 from llmshearing.errors import CheckpointError
+from llmshearing.tokenizer_files import TOKENIZER_DIR, checkpoint_tokenizer_dir, tokenizer_beside
 
-TOKENIZER_DIR = "tokenizer"
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
 DEFAULT_PROG = "python -m llmshearing.convert"
 
@@ -57,21 +57,6 @@ def _tokenizer_from_source(src: Path):
     except Exception as exc:  # noqa: BLE001 - a model without a usable tokenizer still converts
         _warn(f"no tokenizer taken from {src}: {first_line(exc)}")
         return None
-
-
-def checkpoint_tokenizer_dir(checkpoint: Path) -> Path:
-    """Where ``import`` writes a converted checkpoint's tokenizer: named after the checkpoint
-    (``model.pt`` -> ``model.tokenizer/``), so two models converted into one folder keep their own."""
-    return checkpoint.with_name(f"{checkpoint.stem}.tokenizer")
-
-
-def tokenizer_beside(checkpoint: Path) -> Optional[Path]:
-    """The checkpoint's own tokenizer folder, else the run's ``tokenizer/`` (a training run writes one for
-    all its checkpoints), else None."""
-    for folder in (checkpoint_tokenizer_dir(checkpoint), checkpoint.parent / TOKENIZER_DIR):
-        if folder.is_dir():
-            return folder
-    return None
 
 
 def _tokenizer_for_export(checkpoint: Path, explicit: Optional[str]):
@@ -117,7 +102,7 @@ def composer_to_hf(src: Path, dst: Path, prune: bool, tokenizer_path: Optional[s
     _say(f"model: {_describe(model.config)}")
     tokenizer = _tokenizer_for_export(src, tokenizer_path)
     plan = None
-    llama = model.model
+    llama = model
     if prune:
         llama, plan = _prune(model, l0_state, src)
     elif l0_state is not None:
@@ -137,7 +122,7 @@ def _prune(model, l0_state: Optional[dict], src: Path):
     plan = checkpoint_plan(model.config, l0_state)
     if plan.warning():
         _warn(plan.warning())
-    sliced = slice_model(model.model, plan)
+    sliced = slice_model(model, plan)
     _say(f"pruned with the plan of the checkpoint's L0 masks to: {_describe(sliced.config)}")
     return sliced, plan
 

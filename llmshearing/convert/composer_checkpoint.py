@@ -20,9 +20,10 @@ import torch
 
 from llmshearing.checkpoint_files import verify_checkpoint_file, write_atomically
 from llmshearing.convert.messages import first_line
-from llmshearing.convert.weights import build_model
+from llmshearing.convert.weights import model_from_weights
 from llmshearing.errors import CheckpointError, ConfigError
 from llmshearing.model.composer_model import ComposerLlama
+from llmshearing.model.llama import LlamaForCausalLM
 from llmshearing.model.config import LlamaConfig
 
 EXTRA_STATE = "_extra_state"
@@ -34,11 +35,14 @@ DDP_PREFIX = "module."
 
 
 # ---- writing ------------------------------------------------------------------------------------
-def save_composer_checkpoint(model: ComposerLlama, path) -> Path:
-    """Write ``model`` as a weights-only Composer checkpoint at ``path`` (atomically)."""
+def save_composer_checkpoint(model: LlamaForCausalLM, path) -> Path:
+    """Write ``model`` as a weights-only Composer checkpoint at ``path`` (atomically), with the state dict
+    the training run's ComposerLlama has, so that training and export load it like their own."""
     import composer
 
     path = Path(path)
+    if not isinstance(model, ComposerLlama):
+        model = ComposerLlama.wrapping(model)
     state_dict = {key: value.detach().cpu() if torch.is_tensor(value) else value
                   for key, value in model.state_dict().items()}
     checkpoint = {
@@ -128,12 +132,12 @@ def split_state(state: dict) -> Tuple[dict, Optional[dict]]:
     return weights, (l0_state or None)
 
 
-def load_composer_model(path, dtype: torch.dtype = torch.float32) -> Tuple[ComposerLlama, Optional[dict]]:
-    """(the ComposerLlama stored at ``path``, its L0 module state with ``l0.`` removed, or None).
+def load_composer_model(path, dtype: torch.dtype = torch.float32) -> Tuple[LlamaForCausalLM, Optional[dict]]:
+    """(the LLaMA model stored at ``path``, its L0 module state with ``l0.`` removed, or None).
 
     The model config comes from the checkpoint; tensors that do not fit it raise CheckpointError.
     """
     state = read_composer_checkpoint(path)
     config = model_config_of(state, path)
     weights, l0_state = split_state(state)
-    return build_model(config, [weights], dtype, path), l0_state
+    return model_from_weights(config, [weights], dtype, path), l0_state

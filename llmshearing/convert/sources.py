@@ -1,4 +1,4 @@
-"""Load a model from any supported source into a ComposerLlama.
+"""Load a model from any supported source as our LlamaForCausalLM (training wraps it in a ComposerLlama).
 
 Sources: a Hugging Face model directory (config.json + safetensors/bin, sharded or not), a GGUF
 file (de-quantised by ``transformers``), or a Composer checkpoint (ours or one the Trainer wrote).
@@ -12,10 +12,11 @@ import torch
 
 from llmshearing.convert.hf_files import iter_weight_shards
 from llmshearing.convert.messages import first_line
-from llmshearing.convert.weights import build_model
+from llmshearing.assets import resolve_model_path
+from llmshearing.convert.weights import model_from_weights
 from llmshearing.errors import CheckpointError, ConfigError
-from llmshearing.model.composer_model import ComposerLlama
 from llmshearing.model.config import LlamaConfig
+from llmshearing.model.llama import LlamaForCausalLM
 
 HF_DIR, GGUF, COMPOSER = "hf", "gguf", "composer"
 GGUF_MAGIC = b"GGUF"
@@ -54,16 +55,16 @@ def _directory_format(path: Path) -> str:
     raise CheckpointError(f"{path} is a directory without config.json (expected {EXPECTED})")
 
 
-def load_model(path, dtype: torch.dtype = torch.float32) -> ComposerLlama:
-    """The model stored at ``path`` (any supported format) as a ComposerLlama with ``dtype`` weights.
+def load_model(path, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+    """The model stored at ``path`` (any supported format, or the shortcut ``"smollm2"``) with ``dtype`` weights.
 
     A Composer checkpoint's L0 module state, if any, is not attached here; see
     ``llmshearing.convert.composer_checkpoint.load_composer_model``.
     """
-    path = Path(path)
+    path = Path(resolve_model_path(path))
     kind = detect_format(path)
     if kind == HF_DIR:
-        return build_model(_hf_dir_config(path), iter_weight_shards(path), dtype, path)
+        return model_from_weights(_hf_dir_config(path), iter_weight_shards(path), dtype, path)
     if kind == GGUF:
         return _load_gguf(path, dtype)
     from llmshearing.convert.composer_checkpoint import load_composer_model
@@ -125,7 +126,7 @@ def _gguf_rope_scaling(path: Path) -> str | None:
     return f"{kind}, factor {factor}"
 
 
-def _load_gguf(path: Path, dtype: torch.dtype) -> ComposerLlama:
+def _load_gguf(path: Path, dtype: torch.dtype) -> LlamaForCausalLM:
     from transformers import AutoModelForCausalLM
 
     try:
@@ -138,4 +139,4 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> ComposerLlama:
     if rope_scaling is not None:
         raise CheckpointError(f"{path} has RoPE scaling ({rope_scaling}), which transformers' GGUF reader drops "
                               "(it would be a different model); convert the Hugging Face checkpoint instead")
-    return build_model(_our_config(hf_model.config, path), [hf_model.state_dict()], dtype, path)
+    return model_from_weights(_our_config(hf_model.config, path), [hf_model.state_dict()], dtype, path)

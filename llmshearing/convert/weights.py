@@ -62,11 +62,11 @@ def cast_parameters(module: nn.Module, dtype: torch.dtype) -> None:
         parameter.data = parameter.data.to(dtype)
 
 
-def build_model(config, chunks: Iterable[Mapping[str, torch.Tensor]], dtype: torch.dtype, source):
-    """A ComposerLlama of ``config`` holding the tensors of ``chunks`` as ``dtype`` parameters."""
-    from llmshearing.model.composer_model import ComposerLlama
+def model_from_weights(config, chunks: Iterable[Mapping[str, torch.Tensor]], dtype: torch.dtype, source):
+    """A LlamaForCausalLM of ``config`` holding the tensors of ``chunks`` as ``dtype`` parameters."""
+    from llmshearing.model.llama import LlamaForCausalLM
 
-    model = ComposerLlama(config, init_weights=False)
-    cast_parameters(model.model, dtype)
-    copy_weights(model.model, chunks, source)
+    model = LlamaForCausalLM.empty(config)
+    cast_parameters(model, dtype)
+    copy_weights(model, chunks, source)
     return model

@@ -55,18 +55,17 @@ def compute_reference_losses(model_path: str, data_dir: str, domains: Optional[S
     from llmshearing.data.corpus import load_manifest
     from llmshearing.data.domain_loss import domain_loss_sums
     from llmshearing.data.loaders import build_eval_dataloaders
-    from llmshearing.training import resolve_model_path
 
     manifest = load_manifest(data_dir)
     domains = list(domains or manifest["domains"])
     loaders = build_eval_dataloaders(data_dir, domains, batch_size=batch_size,
                                      seq_len=seq_len or int(manifest["seq_len"]), max_batches=batches)
-    model = load_model(resolve_model_path(model_path), dtype=torch_dtype(dtype)).to(device).eval()
+    model = load_model(model_path, dtype=torch_dtype(dtype)).to(device).eval()
 
     def to_device(batch):
         return {key: value.to(device) for key, value in batch.items()}
 
-    sums, counts = domain_loss_sums(model, list(loaders.values()), to_device)
+    sums, counts = domain_loss_sums(lambda batch: model(batch["input_ids"]), list(loaders.values()), to_device)
     return {domain: float(total / count) for domain, total, count in zip(domains, sums, counts)}
 
 

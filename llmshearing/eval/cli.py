@@ -19,7 +19,9 @@ from typing import Optional, Sequence
 
 from llmshearing.cli.command import command_parser, run_cli
 from llmshearing.devices import add_device_argument, chosen_device, torch_dtype
+from llmshearing.assets import resolve_model_path
 from llmshearing.errors import LLMShearingError
+from llmshearing.tokenizer_files import model_tokenizer_path
 
 DTYPE_NAMES = ("bfloat16", "float32")
 DEFAULT_PROG = "python -m llmshearing.eval"
@@ -43,12 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def model_tokenizer(path: str):
-    """The tokenizer shipped with an HF dir or GGUF, or None (Composer checkpoints carry none)."""
+    """The model's tokenizer (an HF dir's, a GGUF's, the one beside a Composer checkpoint), or None."""
     from llmshearing.assets import load_tokenizer
 
-    p = Path(path)
-    shipped = p.suffix == ".gguf" or (p.is_dir() and any((p / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")))
-    return load_tokenizer(p) if shipped else None
+    tokenizer_path = model_tokenizer_path(path)
+    return None if tokenizer_path is None else load_tokenizer(tokenizer_path)
 
 
 def scored_domains(model, args, domains, seq_len: int, max_samples: Optional[int]) -> dict:
@@ -74,11 +75,10 @@ def evaluate(args) -> dict:
     from llmshearing.data.corpus import load_manifest
     from llmshearing.eval.inputs import check_vocabulary, checked_domains
     from llmshearing.eval.perplexity import ALL
-    from llmshearing.training import resolve_model_path
 
     if args.max_tokens is not None and args.max_tokens < 1:
         raise LLMShearingError(f"--max-tokens must be positive, got {args.max_tokens}")
-    path = resolve_model_path(args.model)
+    path = resolve_model_path(args.model)  # the file a shortcut names, for the results' "format"
     kind = detect_format(path)
     domains = checked_domains(args.data, args.split, args.domains)
     seq_len = args.seq_len or int(load_manifest(args.data)["seq_len"])
@@ -86,10 +86,10 @@ def evaluate(args) -> dict:
     check_vocabulary(model.config.vocab_size, args.data, model_tokenizer(path))
     max_samples = None if args.max_tokens is None else max(1, args.max_tokens // seq_len)
     started = time.time()
-    results = scored_domains(model.model.to(chosen_device(args.device)), args, domains, seq_len, max_samples)
+    results = scored_domains(model.to(chosen_device(args.device)), args, domains, seq_len, max_samples)
     return {
         "model": str(args.model), "format": kind, "data": str(args.data), "split": args.split, "seq_len": seq_len,
-        "parameters": sum(p.numel() for p in model.model.parameters()),
+        "parameters": sum(p.numel() for p in model.parameters()),
         "total_tokens": results[ALL].tokens,
         "weighting": WEIGHTING,
         "domains": {d: r.to_dict() for d, r in results.items() if d != ALL},

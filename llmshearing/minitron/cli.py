@@ -84,12 +84,10 @@ def run(args: argparse.Namespace) -> Path:
     from llmshearing.prune.cli import load_output_tokenizer, parse_target
     from llmshearing.shape import TargetShape
     from llmshearing.slicing import slice_model
-    from llmshearing.training import resolve_model_path
 
     _check_arguments(args)
-    args.model = resolve_model_path(args.model)
     args.device = chosen_device(args.device)
-    source = load_model(args.model).model.to(args.device).eval()
+    source = load_model(args.model).to(args.device).eval()
     source.config.require_uniform("Minitron")  # before the tokenizer and the calibration set are read
     log.info("source %s: %.1fM parameters, on %s", args.model, sum(p.numel() for p in source.parameters()) / 1e6,
              args.device)

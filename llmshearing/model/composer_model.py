@@ -87,6 +87,11 @@ class ComposerLlama(ComposerModel):
             "LanguagePerplexity": StreamedPerplexity(ignore_index=IGNORE_INDEX),
         }
 
+    @classmethod
+    def wrapping(cls, model: LlamaForCausalLM) -> "ComposerLlama":
+        """The training wrapper around a loaded model (no copy)."""
+        return cls(model.config, model=model)
+
     @property
     def config(self) -> LlamaConfig:
         return self.model.config

@@ -56,13 +56,18 @@ def add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_output_tokenizer(args: argparse.Namespace):
-    """--tokenizer, else the source's own (HF dir or .gguf); None, with a warning, when it has none."""
+    """--tokenizer, else the source's own (HF dir, .gguf, beside a Composer checkpoint); None, with a
+    warning, when it has none."""
     from llmshearing.assets import load_tokenizer
+    from llmshearing.tokenizer_files import model_tokenizer_path
 
     if args.tokenizer:
         return load_tokenizer(args.tokenizer)
+    source = model_tokenizer_path(args.model)
     try:
-        return load_tokenizer(args.model)
+        if source is None:
+            raise LLMShearingError(f"{args.model} has no tokenizer")
+        return load_tokenizer(source)
     except LLMShearingError as exc:
         print(f"warning: exporting without a tokenizer ({str(exc).splitlines()[0]}); pass --tokenizer PATH",
               file=sys.stderr)

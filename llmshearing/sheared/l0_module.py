@@ -30,10 +30,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from llmshearing.checkpoint_plan import PLAN_STATE_KEY
 from llmshearing.errors import CheckpointError, ConfigError
 from llmshearing.model.config import LlamaConfig
-from llmshearing.plan import WARNING_KEY, LayerPlan, PruningPlan
+from llmshearing.plan import PLAN_STATE_KEY, WARNING_KEY, LayerPlan, PruningPlan
 from llmshearing.shape import TargetShape, count_parameters
 from llmshearing.sheared.convergence import convergence_warning, mask_convergence
 from llmshearing.sheared.hard_concrete import DEFAULT_LOG_ALPHA_RANGE, HardConcrete

@@ -71,13 +71,11 @@ def run(args: argparse.Namespace) -> Path:
     from llmshearing.prune.cli import load_output_tokenizer
     from llmshearing.surgeon.export import export_result
     from llmshearing.surgeon.shots import run_surgeon
-    from llmshearing.training import resolve_model_path
 
     settings = settings_from_args(args)
     started = time.perf_counter()
     batches = calibration_batches(args.data, args.calib_samples, args.seq_len, args.batch_size, args.seed)
-    args.model = resolve_model_path(args.model)
-    model = load_model(args.model).model.to(chosen_device(args.device)).eval()
+    model = load_model(args.model).to(chosen_device(args.device)).eval()
     settings.resolve_target(model.config)  # a shape error before anything else is loaded or written
     tokenizer = load_output_tokenizer(args)
     surgeon_run = run_surgeon(model, batches, settings)
