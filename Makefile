@@ -31,8 +31,9 @@ $(TEST_STAMP): $(STAMP)
 	$(PY) -c "import importlib.metadata as m, torch; print('torch', torch.__version__, 'lm_eval', m.version('lm_eval'))"
 	touch $(TEST_STAMP)
 
+# --durations: the slowest tests in every CI log (the suite's budget is ~25 minutes on 2 cores)
 test: test-deps
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 test-fast: test-deps
 	$(PY) -m pytest -q -m "not slow" tests

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -7,6 +8,7 @@ from llmshearing.errors import CheckpointError, ShapeError
 from llmshearing.model import LlamaConfig, LlamaForCausalLM
 from llmshearing.shape import TargetShape
 from llmshearing.sheared import HardConcrete, L0Module
+from llmshearing.sheared.noise import NoiseStream
 from llmshearing.slicing import slice_model
 
 BIG = 100.0  # |log_alpha| at which keep probabilities are exactly 0 or 1 in fp32
@@ -94,11 +96,79 @@ def test_keep_probability_matches_monte_carlo():
 
 
 def test_soft_values_and_clamp():
-    gate = HardConcrete((3,), init_mean=5.0, init_std=0.0)
-    torch.testing.assert_close(gate.soft_values(), torch.full((3,), torch.sigmoid(torch.tensor(6.0)).item()))
+    gate = HardConcrete((3,), init_mean=0.5, init_std=0.0)
+    torch.testing.assert_close(gate.soft_values(), torch.full((3,), torch.sigmoid(torch.tensor(0.6)).item()))
+    with torch.no_grad():
+        gate.log_alpha.fill_(7.0)
     gate.clamp_()
     torch.testing.assert_close(gate.log_alpha.detach(), torch.full((3,), math.log(100.0)))
     assert gate.keep_probability().requires_grad
+
+
+def test_masks_are_sampled_from_log_alpha_inside_its_range():
+    """init_mean 5 is above log(100): the gates start at the bound; values loaded (or set) outside
+    the range are clamped before masks are sampled from them. Deterministic masks and the plan read
+    the values as they are (training leaves them in range after every step)."""
+    low, high = math.log(0.01), math.log(100.0)
+    assert torch.equal(HardConcrete((4,), init_mean=5.0).log_alpha.detach(), torch.full((4,), high))
+    l0 = L0Module(gqa_config(), GQA_ALL_PRUNED)
+    state = l0.state_dict()
+    outside = torch.linspace(-9.0, 9.0, gqa_config().hidden_size)
+    state["gates.hidden.log_alpha"] = outside
+    l0.load_state_dict(state)
+    l0.eval()()
+    assert torch.equal(l0.gates["hidden"].log_alpha.detach(), outside)
+    l0.train()()
+    assert torch.equal(l0.gates["hidden"].log_alpha.detach(), outside.clamp(low, high))
+
+
+def test_one_step_from_init_matches_the_reference_that_clamps_before_every_forward():
+    """princeton-nlp/LLM-Shearing clamps log_alpha to [log 0.01, log 100] before every forward, so
+    its first step starts from the bound, not from init_mean 5. One Adam step of the module as
+    L0Pruning runs it (forward, backward, step, clamp) equals that procedure written out here."""
+    low, high, seed = math.log(0.01), math.log(100.0), 3
+    source, target = gqa_config(), shape(13, 6, 2, 4, 21)  # prunes neurons and hidden channels only
+    names = ("intermediate", "hidden")  # the module's gate order (creation and noise draws)
+    # positive: a loss that every mask value raises, so each gate with a gradient is pushed down
+    weights = {name: torch.rand(shape_, generator=torch.Generator().manual_seed(1)) + 0.5
+               for name, shape_ in (("intermediate", (4, 37)), ("hidden", (23,)))}
+
+    torch.manual_seed(0)
+    l0 = L0Module(source, target, seed=seed).train()
+    optimizer = torch.optim.Adam(l0.mask_parameters(), lr=1.0)
+    masks = l0()
+    sum((weights[name] * masks[f"{name}_z"]).sum() for name in names).backward()
+    optimizer.step()
+    l0.clamp_()
+
+    def reference_step(clamp_first: bool) -> dict:
+        torch.manual_seed(0)
+        log_alpha = {name: torch.empty(l0.gate_shapes[name]).normal_(5.0, 0.01) for name in names}
+        if clamp_first:
+            log_alpha = {name: value.clamp(low, high) for name, value in log_alpha.items()}
+        log_alpha = {name: value.requires_grad_() for name, value in log_alpha.items()}
+        generator = NoiseStream(seed).next_generator(torch.device("cpu"))  # the module's first draw
+        loss = 0.0
+        for name in names:
+            u = torch.empty(l0.gate_shapes[name]).uniform_(1e-6, 1 - 1e-6, generator=generator)
+            z = torch.sigmoid((torch.log(u / (1 - u)) + log_alpha[name]) / (2 / 3)) * 1.2 - 0.1
+            loss = loss + (weights[name] * z.clamp(0, 1)).sum()
+        reference_optimizer = torch.optim.Adam(list(log_alpha.values()), lr=1.0)
+        loss.backward()
+        reference_optimizer.step()
+        return {name: value.detach().clamp(low, high) for name, value in log_alpha.items()}
+
+    reference, unclamped_first = reference_step(True), reference_step(False)
+    pushed_down = 0
+    for name in names:
+        mine = l0.gates[name].log_alpha.detach()
+        torch.testing.assert_close(mine, reference[name])
+        # the step from 5 (what the module did before) leaves a gate pushed down by both ~0.4 higher
+        down = (mine < high - 0.5) & (unclamped_first[name] < high - 0.5)
+        pushed_down += int(down.sum())
+        torch.testing.assert_close(unclamped_first[name][down] - mine[down],
+                                   torch.full((int(down.sum()),), 5.0 - high), atol=0.02, rtol=0)
+    assert pushed_down >= 3
 
 
 # ---- structures, selection, plan --------------------------------------------------------------
@@ -192,6 +262,74 @@ def test_deterministic_masks_keep_target_counts_and_match_sliced_model(make_conf
         sliced_logits = sliced(input_ids)
     assert masked_logits.abs().max() > 1e-2  # the comparison is not between near-zero tensors
     torch.testing.assert_close(sliced_logits, masked_logits, atol=1e-4, rtol=0)
+
+
+def kept_with_ties_to_lower_index(values: torch.Tensor, k: int) -> torch.Tensor:
+    """[..., n] bool: the k largest of each row, a tie going to the lower index (plain Python sort)."""
+    rows = values.reshape(-1, values.shape[-1]).tolist()
+    keep = torch.zeros(len(rows), values.shape[-1], dtype=torch.bool)
+    for r, row in enumerate(rows):
+        keep[r, sorted(range(len(row)), key=lambda i: (-row[i], i))[:k]] = True
+    return keep.view(values.shape)
+
+
+@pytest.mark.parametrize("tie_values", [(4.0,), (-1.0, 0.0, 2.0)])
+def test_units_tied_at_the_cut_are_kept_lower_index_first(tie_values):
+    """Gates often tie exactly (clamped to the same bound, e.g. all at log(100) from init): the
+    deterministic masks and the plan then keep the lower indices, whatever the device or topk does.
+    One value everywhere: the first units of every structure; a few values: ties across each cut."""
+    source = gqa_config()
+    l0 = L0Module(source, GQA_ALL_PRUNED, block_masks=True).eval()
+    generator = torch.Generator().manual_seed(0)
+    values = torch.tensor(tie_values)
+    with torch.no_grad():
+        for gate in l0.gates.values():
+            gate.log_alpha.copy_(values[torch.randint(len(values), gate.shape, generator=generator)])
+    log_alpha = {name: gate.log_alpha.detach() for name, gate in l0.gates.items()}
+    target = GQA_ALL_PRUNED
+    layers = kept_with_ties_to_lower_index(log_alpha["layer"], target.num_hidden_layers)
+    groups = kept_with_ties_to_lower_index(log_alpha["kv_group"], target.num_key_value_heads)
+    heads = kept_with_ties_to_lower_index(log_alpha["head"].view(4, 2, 3), target.query_groups).view(4, 6)
+    heads &= l0.expand_groups(groups)
+    neurons = kept_with_ties_to_lower_index(log_alpha["intermediate"], target.intermediate_size)
+    hidden = kept_with_ties_to_lower_index(log_alpha["hidden"], target.hidden_size)
+    if len(tie_values) == 1:
+        assert layers.tolist() == [True, True, True, False] and hidden[:13].all() and not hidden[13:].any()
+
+    sel = l0.selection()
+    for mine, expected in ((sel.layer_keep, layers), (sel.kv_keep, groups), (sel.head_keep, heads),
+                           (sel.neuron_keep, neurons), (sel.hidden_keep, hidden)):
+        assert torch.equal(mine, expected)
+    masks = l0()
+    assert torch.equal(masks["layer_z"] != 0, layers)
+    assert torch.equal(masks["hidden_z"] != 0, hidden)
+    assert torch.equal(masks["head_z"] != 0, heads & layers[:, None])
+    assert torch.equal(masks["intermediate_z"] != 0, neurons & layers[:, None])
+    plan = l0.make_plan()
+    assert [layer.source_index for layer in plan.layers] == layers.nonzero().flatten().tolist()
+    assert plan.kept_hidden == hidden.nonzero().flatten().tolist()
+    for layer in plan.layers:
+        assert layer.kept_heads == heads[layer.source_index].nonzero().flatten().tolist()
+        assert layer.kept_neurons == neurons[layer.source_index].nonzero().flatten().tolist()
+
+
+def test_noise_streams_of_one_seed_are_independent_and_not_part_of_the_state():
+    """pruning.per_rank_masks: rank r draws from stream r of the run's seed; stream 0 is the shared
+    stream (the seeds it always had), and the stream stays the rank's own across a resume."""
+    from llmshearing.sheared.noise import _mix
+
+    def noise(stream: NoiseStream) -> torch.Tensor:
+        return torch.rand(8, generator=stream.next_generator(torch.device("cpu")))
+
+    shared, own = NoiseStream(5), NoiseStream(5, stream=1)
+    assert not torch.equal(noise(shared), noise(own))
+    assert torch.equal(noise(NoiseStream(5, stream=1)), noise(NoiseStream(5, stream=1)))
+    before_streams = int(np.random.SeedSequence([5, 3]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+    assert _mix(5, 3) == _mix(5, 3, 0) == before_streams != _mix(5, 3, 1)  # old checkpoints resume alike
+    assert own.state_dict() == {"seed": 5, "draws": 1}
+    resumed = NoiseStream(0, stream=1)
+    resumed.load_state_dict(own.state_dict())
+    assert torch.equal(noise(resumed), noise(own))
 
 
 # ---- Lagrangian ----------------------------------------------------------------------------------

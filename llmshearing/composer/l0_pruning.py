@@ -11,7 +11,9 @@ FIT_END: write the pruning plan made from the final deterministic masks into the
 
 Multi-process: the L0 module is replicated on every rank (never sharded) and kept identical by DDP
 or by ``ReplicaSync`` under FSDP, so every rank holds the same log_alpha and λ; its noise stream is
-seeded with the rank-zero seed, so every rank also samples the same masks.
+seeded with the rank-zero seed, so every rank also samples the same masks. With ``per_rank_masks``
+each rank draws from its own stream of that seed, as the reference implementation samples: N ranks
+then average the gradients of N mask samples per step.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class L0Pruning(Algorithm):
         init_mean: float = 5.0,
         init_std: float = 0.01,
         block_masks: bool = False,
+        per_rank_masks: bool = False,
         plan_folder: Union[str, RunArtifacts, None] = None,
     ):
         self.target = dict(target)
@@ -53,6 +56,7 @@ class L0Pruning(Algorithm):
         self.init_mean = init_mean
         self.init_std = init_std
         self.block_masks = block_masks
+        self.per_rank_masks = per_rank_masks
         self.plan_folder = as_run_artifacts(plan_folder)
         self.last_details: dict = {}
         self._sync: Optional[ReplicaSync] = None
@@ -91,8 +95,10 @@ class L0Pruning(Algorithm):
             init_mean=self.init_mean,
             init_std=self.init_std,
             block_masks=self.block_masks,
-            seed=state.rank_zero_seed,  # the same mask samples on every rank
+            seed=state.rank_zero_seed,  # the same mask samples on every rank ...
         )
+        if self.per_rank_masks:  # ... unless each rank samples its own
+            l0.noise.stream = dist.get_global_rank()
         l0 = attach_replicated(state, "l0", l0)
         if not state.optimizers:
             raise ConfigError("L0Pruning needs an optimizer passed to the Trainer")

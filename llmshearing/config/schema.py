@@ -63,6 +63,7 @@ class PruningSection:
     init_mean: float = 5.0
     init_std: float = 0.01
     block_masks: bool = False
+    per_rank_masks: bool = False  # each rank samples its own masks (reference); false: all ranks the same
 
 
 @dataclass

@@ -32,6 +32,7 @@ class HardConcrete(nn.Module):
         self.log_alpha = nn.Parameter(torch.empty(shape))
         self.log_alpha_range = tuple(log_alpha_range)
         nn.init.normal_(self.log_alpha, mean=init_mean, std=init_std)
+        self.clamp_()  # init_mean 5 is above the range: training starts from the bound, as in the reference
 
     @property
     def shape(self) -> torch.Size:

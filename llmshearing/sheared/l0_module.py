@@ -83,8 +83,10 @@ class _Selection:
 
 
 def _top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean mask of the k largest entries along the last dimension."""
-    indices = scores.topk(k, dim=-1).indices
+    """Boolean mask of the k largest entries along the last dimension; of tied entries the lower index
+    is kept. Ties are common (gates clamped to the same bound), and topk's choice among them depends
+    on the device and the torch version."""
+    indices = scores.sort(dim=-1, descending=True, stable=True).indices[..., :k]
     return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, indices, True)
 
 
@@ -180,6 +182,9 @@ class L0Module(nn.Module):
         return self.sample_masks() if self.training else self.deterministic_masks()
 
     def sample_masks(self) -> Dict[str, torch.Tensor]:
+        # masks are sampled from in-range log_alpha only, as the reference clamps before every forward;
+        # creation and L0Pruning (after each step) clamp too, this catches values loaded or set since
+        self.clamp_()
         generator = self.noise.next_generator(self._device_anchor.device)
         z = self._per_gate(lambda gate: gate.sample(generator))
         masks = {
@@ -371,7 +376,7 @@ class L0Module(nn.Module):
         return list(self.lambda_1.values()) + list(self.lambda_2.values())
 
     def clamp_(self) -> None:
-        """Clamp every log_alpha to its range; call after each optimiser step."""
+        """Clamp every log_alpha to its range; call after each optimiser step (sampling does it too)."""
         for gate in self.gates.values():
             gate.clamp_()
 

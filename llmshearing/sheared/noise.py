@@ -3,8 +3,12 @@
 Mask sampling must not use the global RNG: Composer restores the global RNG from a checkpoint only
 at an epoch boundary, so a run resumed mid-epoch would sample other masks than the uninterrupted
 run. A counter-based stream makes the whole state two integers, which go into every checkpoint
-(the L0 module's extra state), are the same on every device type, and are the same on every rank
-(all ranks sample the same masks, as a single process training on the whole batch would).
+(the L0 module's extra state) and are the same on every device type.
+
+All ranks share one stream by default: they sample the same masks, as a single process training on
+the whole batch would. ``stream`` picks another of the seed's independent streams (a rank's own
+masks, ``pruning.per_rank_masks``); it is not part of the state, so a resumed rank keeps drawing
+from its own.
 """
 from __future__ import annotations
 
@@ -16,9 +20,10 @@ import torch
 
 
 class NoiseStream:
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, stream: int = 0) -> None:
         self.seed = int(seed)
         self.draws = 0
+        self.stream = int(stream)
         self._generators: Dict[torch.device, torch.Generator] = {}
 
     def next_generator(self, device: torch.device) -> torch.Generator:
@@ -27,7 +32,7 @@ class NoiseStream:
         generator = self._generators.get(device)
         if generator is None:
             generator = self._generators[device] = torch.Generator(device=device)
-        generator.manual_seed(_mix(self.seed, self.draws))
+        generator.manual_seed(_mix(self.seed, self.draws, self.stream))
         self.draws += 1
         return generator
 
@@ -50,9 +55,10 @@ class NoiseStream:
         self.seed, self.draws = int(state["seed"]), int(state["draws"])
 
 
-def _mix(seed: int, draw: int) -> int:
-    """A well-spread 63-bit generator seed for (seed, draw): nearby draws get unrelated streams."""
-    return int(np.random.SeedSequence([seed, draw]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+def _mix(seed: int, draw: int, stream: int = 0) -> int:
+    """A well-spread 63-bit generator seed for (seed, draw, stream): nearby draws get unrelated noise."""
+    entropy = [seed, draw, stream] if stream else [seed, draw]  # stream 0: the seeds the shared stream always had
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def noise_streams(model: torch.nn.Module) -> List[NoiseStream]:
