@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from llmshearing.data.corpus import load_manifest
-from llmshearing.data.domain_loss import domain_loss_sums, sample_token_losses
-from llmshearing.data.dynamic_loader import build_dynamic_train_dataloader
+from llmshearing.dynamic_loading.domain_loss import domain_loss_sums, sample_token_losses
+from llmshearing.dynamic_loading.loader import build_dynamic_train_dataloader
 from llmshearing.data.loaders import build_eval_dataloaders, build_train_dataloader
-from llmshearing.data.mixture_update import MixtureUpdate
+from llmshearing.dynamic_loading.mixture_update import MixtureUpdate
 from mask_overhead import time_steps  # benchmarks/ is the script's folder
 from shapes import SHAPES
 

@@ -114,7 +114,7 @@ class Settings:
 # per stage, isolates the stages completely.
 ENTRY_POINTS = {"train.py": "llmshearing.cli.train", "llmshearing.eval": "llmshearing.eval.cli",
                 "llmshearing.prune": "llmshearing.prune.cli", "llmshearing.convert": "llmshearing.convert.cli",
-                "llmshearing.data.reference_loss": "llmshearing.data.reference_loss"}
+                "llmshearing.dynamic_loading.reference_loss": "llmshearing.dynamic_loading.reference_loss"}
 
 
 def entry_point(command: List[str]) -> Optional[Tuple[str, List[str]]]:
@@ -179,7 +179,7 @@ class Stages:
     def reference_losses(self) -> Path:
         path = self.work / "reference_losses.json"
         if not path.exists():
-            self.run("reference_losses", [PYTHON, "-m", "llmshearing.data.reference_loss", "--model", self.s.source,
+            self.run("reference_losses", [PYTHON, "-m", "llmshearing.dynamic_loading.reference_loss", "--model", self.s.source,
                                           "--data", self.s.data, "--out", path, "--seq-len", self.s.seq_len,
                                           "--batches", self.s.curve_eval_batches, "--batch-size", self.s.batch,
                                           *self.s.cli_device])

@@ -146,7 +146,7 @@ def build_data(cfg: TrainConfig, model: ComposerLlama):
     if cfg.global_train_batch_size % world:
         raise ConfigError(f"global_train_batch_size {cfg.global_train_batch_size} is not divisible by {world} ranks")
     if cfg.dynamic_loading is not None:
-        from llmshearing.composer.dynamic_setup import dynamic_train_loader
+        from llmshearing.dynamic_loading.from_config import dynamic_train_loader
 
         train = dynamic_train_loader(cfg, domains, proportions)
     else:
@@ -192,7 +192,7 @@ def build_callbacks(cfg: TrainConfig, train_loader, artifacts: Optional[RunArtif
     # per-domain evaluators + the pooled "all" row, weighted as in python -m llmshearing.eval
     callbacks = [StopOnNonFiniteLoss(cfg.save_folder), PooledEvalMetrics()]
     if cfg.dynamic_loading is not None:
-        from llmshearing.composer.dynamic_setup import dynamic_loading_callback
+        from llmshearing.dynamic_loading.from_config import dynamic_loading_callback
 
         callbacks.append(dynamic_loading_callback(cfg, train_loader.dataset.domains, artifacts))
     if cfg.pruning is not None and cfg.mask_plot and artifacts is not None:

@@ -13,7 +13,7 @@ import itertools
 import json
 import sys
 
-from llmshearing.data.dynamic_loader import build_dynamic_train_dataloader
+from llmshearing.dynamic_loading.loader import build_dynamic_train_dataloader
 from llmshearing.data.corpus import load_manifest
 
 

@@ -17,10 +17,10 @@ import torch
 
 from llmshearing.config import load_config
 from llmshearing.data.corpus import CorpusError
-from llmshearing.data.dynamic_loader import build_dynamic_train_dataloader
-from llmshearing.data.mixture_sampler import MixtureCursor, MixtureSampler
-from llmshearing.data.mixture_update import MixtureUpdate
-from llmshearing.data.permutation import permuted, stream_key
+from llmshearing.dynamic_loading.loader import build_dynamic_train_dataloader
+from llmshearing.dynamic_loading.mixture_sampler import MixtureCursor, MixtureSampler
+from llmshearing.dynamic_loading.mixture_update import MixtureUpdate
+from llmshearing.dynamic_loading.permutation import permuted, stream_key
 from llmshearing.errors import ConfigError
 from tests.dynamic_loader_probe import draw
 
@@ -79,7 +79,7 @@ def test_update_rule_matches_hand_computed_numbers():
 
 
 def test_per_sample_loss_sums_add_up_to_the_models_mean_loss():
-    from llmshearing.data.domain_loss import sample_token_losses
+    from llmshearing.dynamic_loading.domain_loss import sample_token_losses
     from llmshearing.model.composer_model import ComposerLlama
     from tests.helpers import tiny_config
 
@@ -188,7 +188,7 @@ def test_two_ranks_draw_disjoint_shares_of_the_same_global_batches(sample_corpus
 
 
 def test_ranks_score_different_eval_samples_for_the_loss(sample_corpus, domains, monkeypatch):
-    from llmshearing.composer.dynamic_setup import rank_eval_loaders
+    from llmshearing.dynamic_loading.from_config import rank_eval_loaders
 
     cfg = load_config(TINY, [f"data.path={sample_corpus}", "device_eval_batch_size=20"])
     size = json.loads((sample_corpus / "manifest.json").read_text())["per_domain"][domains[0]]["eval"]["samples"]
@@ -270,7 +270,7 @@ def test_two_rank_composer_run_shares_one_mixture(sample_corpus, domains, tmp_pa
 # --- bad input -----------------------------------------------------------------------------------
 
 def _callback(sample_corpus, *overrides):
-    from llmshearing.composer.dynamic_setup import dynamic_loading_callback, dynamic_train_loader
+    from llmshearing.dynamic_loading.from_config import dynamic_loading_callback, dynamic_train_loader
 
     cfg = load_config(TINY, [f"data.path={sample_corpus}", *TINY_CPT, *overrides])
     domains = cfg.data.domains or json.loads((sample_corpus / "manifest.json").read_text())["domains"]
@@ -321,7 +321,7 @@ def test_a_static_mixture_checkpoint_state_is_rejected(sample_corpus, domains):
 def test_reference_losses_cli_scores_each_domain_and_the_yaml_reads_the_file(sample_corpus, domains, tmp_path,
                                                                               capsys):
     from llmshearing.convert import save_composer_checkpoint
-    from llmshearing.data import reference_loss
+    from llmshearing.dynamic_loading import reference_loss
     from llmshearing.model.composer_model import ComposerLlama
     from tests.helpers import tiny_config
 

@@ -239,7 +239,7 @@ def test_composer_model_loss_and_metrics_match_the_unchunked_path(caplog):
 
 
 def test_per_sample_losses_come_from_the_per_token_losses():
-    from llmshearing.data.domain_loss import sample_token_losses
+    from llmshearing.dynamic_loading.domain_loss import sample_token_losses
 
     torch.manual_seed(0)
     model = ComposerLlama(tiny_config(), loss_chunk_tokens=3)
@@ -316,6 +316,7 @@ def test_the_teacher_is_not_run_by_a_forward_without_gradients():
 # --- settings and the optional fused kernel ----------------------------------------------------------
 
 def test_chunk_size_and_kernel_are_checked_config_keys(tmp_path):
+    from llmshearing.config import load_config
     from llmshearing.config.schema import TrainConfig
     from llmshearing.errors import ConfigError
     from llmshearing.training import loss_head_settings
@@ -325,9 +326,8 @@ def test_chunk_size_and_kernel_are_checked_config_keys(tmp_path):
     cfg.model.loss_chunk_tokens = -1
     with pytest.raises(ConfigError, match="loss_chunk_tokens"):
         loss_head_settings(cfg)
-    cfg.model.loss_chunk_tokens, cfg.model.loss_kernel = 0, "triton"
-    with pytest.raises(ConfigError, match="loss_kernel"):
-        loss_head_settings(cfg)
+    with pytest.raises(ConfigError, match="model.loss_kernel must be one of torch, liger; got 'triton'"):
+        load_config("yamls/tiny_prune.yaml", ["model.loss_kernel=triton"])
 
 
 def test_memory_message_names_the_chunk_and_the_whole_batch():

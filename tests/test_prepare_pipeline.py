@@ -80,7 +80,7 @@ def test_the_prepared_corpus_has_every_split_and_the_model_vocabulary(user_corpu
 
 def test_reference_losses_score_each_domain(user_corpus, tmp_path, capsys):
     from llmshearing.convert import save_composer_checkpoint
-    from llmshearing.data import reference_loss
+    from llmshearing.dynamic_loading import reference_loss
     from llmshearing.model.composer_model import ComposerLlama
     from tests.helpers import tiny_config
 

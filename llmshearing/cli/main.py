@@ -30,7 +30,7 @@ COMMANDS = {
                       "Composer checkpoint -> Hugging Face model (--prune: sliced with its L0 masks)"),
     "import": Command("llmshearing.convert.cli:import_main", "Hugging Face model or .gguf -> Composer checkpoint"),
     "eval": Command("llmshearing.eval.cli:main", "per-domain loss and perplexity on a corpus"),
-    "reference-loss": Command("llmshearing.data.reference_loss:main",
+    "reference-loss": Command("llmshearing.dynamic_loading.reference_loss:main",
                               "a model's per-domain loss, the targets of dynamic batch loading"),
     "demo": Command("llmshearing.cli.demo:main", "the whole pipeline on SmolLM2-135M, on CPU, in minutes"),
 }

@@ -76,7 +76,7 @@ class WeightTable:
             if not wait:
                 raise WeightsNotPublishedError(
                     f"domain weights for step {step} (window {window}) were never published: "
-                    "dynamic loading needs its Composer callback (llmshearing.composer.DynamicBatchLoading)")
+                    "dynamic loading needs its Composer callback (llmshearing.dynamic_loading.DynamicBatchLoading)")
             if not self._wait_for(window):
                 return None
         return self._weights[window].numpy().copy()

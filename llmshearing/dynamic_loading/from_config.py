@@ -12,11 +12,11 @@ from composer.core import Time, TimeUnit
 from composer.utils import dist
 from torch.utils.data import DataLoader, Subset
 
-from llmshearing.composer.domain_loss_sources import EvalSplitLoss, TrainBatchLoss
-from llmshearing.composer.dynamic_loading import DynamicBatchLoading
+from llmshearing.dynamic_loading.loss_sources import EvalSplitLoss, TrainBatchLoss
+from llmshearing.dynamic_loading.callback import DynamicBatchLoading
 from llmshearing.composer.run_artifacts import RunArtifacts
 from llmshearing.config.schema import DynamicLoadingSection, TrainConfig
-from llmshearing.data.mixture_update import MixtureUpdate
+from llmshearing.dynamic_loading.mixture_update import MixtureUpdate
 from llmshearing.errors import ConfigError
 
 PLOT_FILE = "domain_weights.png"
@@ -46,7 +46,7 @@ def max_steps(cfg: TrainConfig) -> int:
 
 def dynamic_train_loader(cfg: TrainConfig, domains: Sequence[str],
                          proportions: Optional[Sequence[float]]) -> DataLoader:
-    from llmshearing.data.dynamic_loader import build_dynamic_train_dataloader
+    from llmshearing.dynamic_loading.loader import build_dynamic_train_dataloader
 
     section = _checked_section(cfg)
     interval = section.update_interval if section.mode == "dynamic" else None
@@ -58,7 +58,7 @@ def dynamic_train_loader(cfg: TrainConfig, domains: Sequence[str],
 
 
 def reference_losses(section: DynamicLoadingSection) -> Dict[str, float]:
-    from llmshearing.data.reference_loss import read_reference_losses
+    from llmshearing.dynamic_loading.reference_loss import read_reference_losses
 
     if section.reference_losses and section.reference_losses_file:
         raise ConfigError("give dynamic_loading.reference_losses or reference_losses_file, not both")

@@ -8,11 +8,11 @@ from composer.utils import dist
 from streaming import StreamingDataset
 from torch.utils.data import DataLoader
 
-from llmshearing.data.dynamic_dataset import DynamicMixtureDataset
+from llmshearing.dynamic_loading.dataset import DynamicMixtureDataset
 from llmshearing.data.loaders import checked_manifest, normalize_proportions
-from llmshearing.data.mixture_sampler import MixtureSampler
+from llmshearing.dynamic_loading.mixture_sampler import MixtureSampler
 from llmshearing.data.remote import train_stream
-from llmshearing.data.weight_table import WeightTable
+from llmshearing.dynamic_loading.weight_table import WeightTable
 
 
 def build_dynamic_train_dataloader(data_dir: str | Path, domains: Sequence[str],

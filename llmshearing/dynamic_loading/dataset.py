@@ -25,9 +25,9 @@ from streaming import StreamingDataset
 from torch.utils.data import IterableDataset, get_worker_info
 
 from llmshearing.data.loaders import to_model_input
-from llmshearing.data.mixture_sampler import MixtureCursor, MixtureSampler, iterate_draws
+from llmshearing.dynamic_loading.mixture_sampler import MixtureCursor, MixtureSampler, iterate_draws
 from llmshearing.data.shard_errors import unreadable_sample
-from llmshearing.data.weight_table import WeightTable
+from llmshearing.dynamic_loading.weight_table import WeightTable
 from llmshearing.errors import ConfigError
 
 STATE_FORMAT = "llmshearing.dynamic_mixture/1"

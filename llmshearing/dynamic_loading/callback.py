@@ -21,9 +21,9 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
-from llmshearing.composer.weight_plot import draw_domain_weights
-from llmshearing.data.dynamic_dataset import DynamicMixtureDataset
-from llmshearing.data.mixture_update import MixtureUpdate
+from llmshearing.dynamic_loading.weight_plot import draw_domain_weights
+from llmshearing.dynamic_loading.dataset import DynamicMixtureDataset
+from llmshearing.dynamic_loading.mixture_update import MixtureUpdate
 from llmshearing.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class DynamicBatchLoading(Callback):
         dataset = getattr(state.train_dataloader, "dataset", None)
         if not isinstance(dataset, DynamicMixtureDataset):
             raise ConfigError("DynamicBatchLoading needs the dynamic-mixture train loader "
-                              "(llmshearing.data.dynamic_loader.build_dynamic_train_dataloader)")
+                              "(llmshearing.dynamic_loading.loader.build_dynamic_train_dataloader)")
         if dataset.domains != self.domains:
             raise ConfigError(f"loader domains {dataset.domains} differ from the callback's {self.domains}")
         self._dataset = dataset

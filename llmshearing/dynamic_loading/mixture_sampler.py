@@ -20,7 +20,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
-from llmshearing.data.permutation import PermutationBlocks, stream_key
+from llmshearing.dynamic_loading.permutation import PermutationBlocks, stream_key
 from llmshearing.errors import ConfigError
 
 

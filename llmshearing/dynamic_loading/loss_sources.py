@@ -29,7 +29,7 @@ from composer.core import State
 from composer.core.precision import get_precision_context
 from composer.utils import dist
 
-from llmshearing.data.domain_loss import domain_loss_sums, sample_token_losses
+from llmshearing.dynamic_loading.domain_loss import domain_loss_sums, sample_token_losses
 from llmshearing.model.next_token_loss import LossHeadOutput
 from llmshearing.sheared.noise import noise_streams
 
