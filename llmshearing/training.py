@@ -17,7 +17,7 @@ from composer.optim import (
 )
 from composer.utils import dist, reproducibility
 
-from llmshearing.composer import L0Pruning, MaskSizePlot, StopOnNonFiniteLoss
+from llmshearing.composer import StopOnNonFiniteLoss
 from llmshearing.composer.checkpointing import check_checkpoint_to_load, install_atomic_checkpoint_writes
 from llmshearing.composer.distributed import allow_fsdp_on_cpu
 from llmshearing.composer.run_artifacts import RunArtifacts, is_remote
@@ -26,6 +26,8 @@ from llmshearing.errors import ConfigError
 from llmshearing.model.composer_model import ComposerLlama
 from llmshearing.model.config import LlamaConfig
 from llmshearing.shape import TargetShape
+from llmshearing.sheared.l0_pruning import L0Pruning
+from llmshearing.sheared.mask_plot import MaskSizePlot
 from llmshearing.tokenizer_files import TOKENIZER_DIR, model_tokenizer_path
 
 log = logging.getLogger(__name__)
