@@ -93,13 +93,19 @@ def test_student_layers_pair_with_their_source_layers_or_by_relative_depth():
     assert teacher_layer_indices([1, 2], 3, 6, plan) == [2, 5]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(alpha=1.5), "alpha"), (dict(temperature=0.0), "temperature"),
-    (dict(hidden_loss="l1"), "hidden_loss"), (dict(teacher_dtype="fp8"), "dtype"),
-])
+@pytest.mark.parametrize("kwargs, message", [(dict(alpha=1.5), "alpha"), (dict(temperature=0.0), "temperature")])
 def test_bad_settings_are_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         Distillation("teacher", **kwargs)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("teacher.hidden_loss=l1", "teacher.hidden_loss must be one of cosine, mse; got 'l1'"),
+    ("teacher.dtype=fp8", "teacher.dtype must be one of auto, float32, bfloat16; got 'fp8'"),
+])
+def test_the_teacher_sections_choices_are_checked_when_the_yaml_is_read(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(KD_YAML, [override])
 
 
 @pytest.fixture(scope="module")
