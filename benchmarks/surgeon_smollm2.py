@@ -3,11 +3,16 @@ multi-shot, with wall time and peak memory of each pruning run.
 
     python benchmarks/surgeon_smollm2.py --data .cache/test_corpus                     # CPU-sized (~12 min on 2 cores)
     python benchmarks/surgeon_smollm2.py --data DIR --device cuda --calib-samples 128 --shots 8 --eval-batches 20
+    python benchmarks/surgeon_smollm2.py --data /tmp/surgeon_corpus512 --targets unstructured:0.5,2:4:0.5 \
+        --runs oneshot --allocations matrix,matrix-rows,global,sequential,sequential-rows \
+        --calib-samples 16 --seq-len 512 --eval-samples 4            # issue 20's comparison of 2:4/unstructured rules
 
 Every run starts from the same source weights. Runs (--runs): magnitude (F = I ⊗ I, one shot, no
 weight update), surgeon one shot, surgeon multi-shot, for each pruning target in --targets; for
 structured targets also surgeon one shot / multi-shot with per-layer sizes. Structured runs are
-evaluated after slicing (uniform: a plain LLaMA config; per-layer: each layer its own sizes). The source's curvature
+evaluated after slicing (uniform: a plain LLaMA config; per-layer: each layer its own sizes). 2:4 and
+unstructured targets run once per --allocations entry (matrix, global, sequential, each optionally
+with "-rows": row-scaled costs). The source's K-FAC curvature
 is estimated once and reused for every first shot; its time is added to each surgeon run's time,
 and a run's peak memory is the larger of its own and that estimation's, so each reads as if the run
 were alone. Prints a Markdown table and writes
@@ -36,6 +41,8 @@ from llmshearing.surgeon.shots import layer_curvatures, run_surgeon
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TARGETS = "structured:0.9,structured:0.8,structured:0.7,2:4:0.5,unstructured:0.5"
+ROW_SCALED = "-rows"  # an allocation name ending so: the weight costs scaled by 1/[G⁻¹]_ii (row_scaled)
+SEQUENTIAL = "sequential"  # allocation matrix with --curvature sequential (layer-by-layer input factors)
 MB = 1024 ** 2
 
 
@@ -105,7 +112,7 @@ class SourceCurvature:
 
 def prune_and_evaluate(source, batches, settings: SurgeonSettings, args, device, shared: SourceCurvature) -> dict:
     model = copy.deepcopy(source)
-    reuse = shared if settings.scoring == "curvature" else None
+    reuse = shared if settings.scoring == "curvature" and not settings.sequential else None
     with PeakMemory(device) as memory:
         started = time.perf_counter()
         run = run_surgeon(model, batches, settings, say=lambda message: None,
@@ -116,12 +123,39 @@ def prune_and_evaluate(source, batches, settings: SurgeonSettings, args, device,
     if reuse:
         seconds += reuse.seconds
         peak = max(peak, reuse.megabytes)
-    scores = evaluate_domains(result, args.data, batch_size=args.batch_size, max_batches=args.eval_batches)
+    scores = evaluate_domains(result, args.data, **eval_limits(args))
     return {"mode": settings.mode, "target_density": settings.density, "scoring": settings.scoring,
+            "allocation": allocation_name(settings),
             "shots": settings.shots, "uniform": settings.uniform, "density": run.shots[-1].density,
             "seconds": seconds, "peak_memory_mb": peak, "parameters": result.num_parameters(),
             "shape": layer_sizes(result.config),
             "perplexity": {domain: r.perplexity for domain, r in scores.items()}}
+
+
+def allocation_settings(name: str) -> dict:
+    """matrix, global, sequential, each optionally + "-rows" (row-scaled costs)."""
+    base = name.removesuffix(ROW_SCALED)
+    return {"allocation": "matrix" if base == SEQUENTIAL else base, "row_scaled": name.endswith(ROW_SCALED),
+            "curvature": "sequential" if base == SEQUENTIAL else "kfac"}
+
+
+def allocation_name(settings) -> str:
+    return (SEQUENTIAL if settings.sequential else settings.allocation) + (ROW_SCALED if settings.row_scaled else "")
+
+
+def needs_shared_curvature(args) -> bool:
+    """A K-FAC run is asked for (structured targets always are; sparse ones unless only sequential)."""
+    runs = [RUNS[name] for name in args.runs.split(",")]
+    if not any(scoring == "curvature" for scoring, _, _ in runs):
+        return False
+    modes = {mode for mode, _ in parse_targets(args.targets)}
+    return "structured" in modes or any(not a.startswith(SEQUENTIAL) for a in args.allocations.split(","))
+
+
+def eval_limits(args) -> dict:
+    if args.eval_samples:
+        return {"batch_size": args.batch_size, "max_samples": args.eval_samples}
+    return {"batch_size": args.batch_size, "max_batches": args.eval_batches}
 
 
 def layer_sizes(config):
@@ -143,6 +177,7 @@ def table(rows, domains) -> str:
         method = row.get("scoring", "-")
         method = "surgeon" if method == "curvature" else method
         method += " per-layer" if not row.get("uniform", True) else ""
+        method += f", {row['allocation']}" if row["mode"] in ("2:4", "unstructured") else ""
         shape = describe_shape(row["shape"]) if row["mode"] == "structured" else ""
         cells = [row["mode"], str(row["target_density"]), method + shape, str(row["shots"]), f"{row['density']:.3f}",
                  *(f"{row['perplexity'][d]:.2f}" for d in domains), f"{row['seconds']:.0f}", f"{row['peak_memory_mb']:.0f}"]
@@ -161,6 +196,10 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", default=",".join(RUNS), help=f"which runs, of {', '.join(RUNS)}")
     parser.add_argument("--damping", type=float, default=0.01)
     parser.add_argument("--eval-batches", type=int, default=1, help="eval batches per domain")
+    parser.add_argument("--eval-samples", type=int, default=None, help="eval samples per domain (instead of batches)")
+    parser.add_argument("--allocations", default="matrix",
+                        help="2:4/unstructured allocations to compare: matrix, global, matrix-rows (matrix with "
+                             "row-scaled costs), sequential (matrix with --curvature sequential), sequential-rows")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None, help="write every figure to this file")
     args = parser.parse_args(argv)
@@ -168,28 +207,33 @@ def main(argv=None) -> int:
     source = load_model(smollm2_gguf_path()).to(device).eval()
     batches = calibration_batches(args.data, args.calib_samples, args.seq_len, args.batch_size, seed=0)
     started = time.perf_counter()
-    dense = evaluate_domains(source, args.data, batch_size=args.batch_size, max_batches=args.eval_batches)
+    dense = evaluate_domains(source, args.data, **eval_limits(args))
     domains = list(dense)
     rows = [{"mode": "dense", "target_density": 1.0, "scoring": "-", "shots": 0, "density": 1.0, "seconds": 0.0,
              "peak_memory_mb": 0.0, "parameters": source.num_parameters(),
              "shape": layer_sizes(source.config),
              "perplexity": {d: r.perplexity for d, r in dense.items()}}]
-    shared = SourceCurvature(source, batches, args, device)
+    shared = SourceCurvature(source, batches, args, device) if needs_shared_curvature(args) else None
     runs = [RUNS[name] for name in args.runs.split(",")]
     for mode, density in parse_targets(args.targets):
         for scoring, multi_shot, uniform in runs:
             if not uniform and mode != "structured":
                 continue
-            settings = SurgeonSettings(mode=mode, density=density, scoring=scoring, uniform=uniform,
-                                       shots=args.shots if multi_shot else 1, damping=args.damping, progress=False)
-            rows.append(prune_and_evaluate(source, batches, settings, args, device, shared))
-            print(table(rows[-1:], domains).splitlines()[-1], flush=True)
-    print(f"\nsource curvature (shared by the first shots): {shared.seconds:.0f} s, {shared.megabytes:.0f} MB")
+            for allocation in (args.allocations.split(",") if mode != "structured" else ["global"]):
+                if mode == "2:4" and not multi_shot and allocation.endswith(ROW_SCALED):
+                    continue  # one 2:4 shot picks two of four weights of one row: the row's scale changes nothing
+                settings = SurgeonSettings(mode=mode, density=density, scoring=scoring, uniform=uniform,
+                                           shots=args.shots if multi_shot else 1, damping=args.damping, progress=False,
+                                           **allocation_settings(allocation))
+                rows.append(prune_and_evaluate(source, batches, settings, args, device, shared))
+                print(table(rows[-1:], domains).splitlines()[-1], flush=True)
+    if shared:
+        print(f"\nsource curvature (shared by the first shots): {shared.seconds:.0f} s, {shared.megabytes:.0f} MB")
     print(f"{datetime.date.today()} {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {device}; total {time.perf_counter() - started:.0f} s")
     print(table(rows, domains))
     if args.json:
-        shared_figures = {"seconds": shared.seconds, "peak_memory_mb": shared.megabytes}
+        shared_figures = {"seconds": shared.seconds, "peak_memory_mb": shared.megabytes} if shared else None
         Path(args.json).write_text(json.dumps({"args": vars(args), "source_curvature": shared_figures, "rows": rows},
                                               indent=1))
     return 0

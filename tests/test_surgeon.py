@@ -78,6 +78,148 @@ def test_kfac_factors_equal_the_direct_computation_whatever_the_block():
     assert all(p.requires_grad for p in model.parameters())  # flags restored
 
 
+def test_micro_batches_leave_the_factors_as_whole_batches_give_them():
+    model, data = tiny_model(**SHAPE), batches()
+    whole = estimate_factors(model, data, [0, 2], micro_batch_tokens=10_000)
+    split = estimate_factors(model, data, [0, 2], micro_batch_tokens=16)  # one sequence of 16 tokens at a time
+    for index in (0, 2):
+        for name in PROJECTIONS:
+            if name not in SHARED_INPUT:
+                assert torch.allclose(split[index].A[name], whole[index].A[name], rtol=1e-4, atol=1e-6)
+            assert torch.allclose(split[index].G[name], whole[index].G[name], rtol=1e-4, atol=1e-7)
+
+
+def test_the_chunked_loss_is_the_full_logits_cross_entropy():
+    from llmshearing.surgeon.kfac import summed_next_token_loss
+
+    model, (batch,) = tiny_model(**SHAPE), batches(1)
+    logits = model(batch)[:, :-1]
+    full = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
+    assert torch.allclose(summed_next_token_loss(model, batch, chunk_tokens=7), full, rtol=1e-5)
+
+
+def test_curvatures_made_layer_by_layer_equal_the_eager_ones():
+    from llmshearing.surgeon.kfac import BlockCurvatures
+
+    model, data = tiny_model(**SHAPE), batches()
+    factors = estimate_factors(model, data, [0, 1, 2])
+    eager = {index: factors[index].curvatures(0.01) for index in factors}
+    lazy = BlockCurvatures(factors, 0.01)
+    assert sorted(lazy) == [0, 1, 2] and len(lazy) == 3
+    for index in (1, 0, 2):
+        made = lazy.pop(index)
+        for name in PROJECTIONS:
+            for field in ("A", "A_inv", "G", "G_inv"):
+                assert torch.equal(getattr(made[name], field), getattr(eager[index][name], field))
+    assert len(lazy) == 0 and not lazy._raw and not lazy._made  # nothing of a popped layer stays
+
+
+def test_activation_estimate_is_what_the_curvature_pass_keeps_for_backward():
+    from llmshearing.surgeon.kfac import summed_next_token_loss
+    from llmshearing.surgeon.grads import trainable_only
+    from llmshearing.surgeon.memory import saved_bytes_per_token
+
+    model = tiny_model(**SHAPE)
+    batch = batches(1)[0]
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in weights:
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    from llmshearing.surgeon.kfac import _backward_starts_at
+
+    start = _backward_starts_at(model.model.layers[0])  # as the curvature pass of a block from layer 0
+    with trainable_only(model), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        summed_next_token_loss(model, batch)
+    start.remove()
+    per_layer, once = saved_bytes_per_token(model.config, batch.shape[1])
+    estimate = (per_layer * model.config.num_hidden_layers + once) * batch.numel()
+    measured = sum(storages.values())
+    assert 0.9 * measured <= estimate <= 1.25 * measured
+
+
+def test_peak_estimate_counts_what_each_allocation_holds():
+    from llmshearing.surgeon.memory import peak_estimate, prunable_weights
+
+    config = tiny_model(**SHAPE).config
+    kwargs = dict(start=1000, layers_per_block=3, seq_len=16, micro_batch_tokens=32, loss_chunk_tokens=8)
+    per_layer = factor_bytes_per_layer(config)
+    matrix = peak_estimate(config, mode="unstructured", global_selection=False, **kwargs)
+    paper = peak_estimate(config, mode="unstructured", global_selection=True, **kwargs)
+    assert matrix.factors == per_layer // 2 * 3 + per_layer and matrix.selection == 0
+    assert paper.factors == per_layer * 3 + per_layer // 2 and paper.selection == 10 * prunable_weights(config)
+    assert matrix.head == 3 * 4 * 8 * config.vocab_size and matrix.total > 1000
+    assert "peak memory estimate" in matrix.describe()
+    from llmshearing.surgeon.memory import sequential_estimate
+
+    alone = sequential_estimate(config, start=1000, seq_len=16, micro_batch_tokens=32, calibration_tokens=640)
+    assert alone.activations >= 2 * 4 * 640 * config.hidden_size and alone.selection == 0
+    scaled = sequential_estimate(config, start=1000, seq_len=16, micro_batch_tokens=32, calibration_tokens=640,
+                                 row_scaled=True, loss_chunk_tokens=8)
+    assert scaled.total >= alone.total
+    magnitude = peak_estimate(config, mode="2:4", global_selection=False, curvature=False, **kwargs)
+    assert magnitude.factors == magnitude.activations == magnitude.head == 0
+
+
+def test_sequential_input_factors_are_the_kfac_ones_of_an_unpruned_model():
+    from llmshearing.surgeon.kfac import sequential_input_factors
+
+    model, data = tiny_model(**SHAPE), batches()
+    kfac = estimate_factors(model, data, [0, 1, 2])
+    seen = {}
+    sequential_input_factors(model, data, lambda index, inputs: seen.setdefault(index, inputs), micro_batch_tokens=16)
+    assert sorted(seen) == [0, 1, 2]
+    for index, inputs in seen.items():
+        assert sorted(inputs) == sorted(kfac[index].A)
+        for name, a in inputs.items():
+            assert torch.allclose(a, kfac[index].A[name], rtol=1e-4, atol=1e-6)
+
+
+def test_sequential_curvature_sees_the_pruned_layers_before_it():
+    from llmshearing.surgeon.kfac import sequential_input_factors
+
+    model, data = tiny_model(**SHAPE), batches()
+    dense = estimate_factors(model, data, [0, 1, 2])
+    seen = {}
+
+    def zero_attention_output(index, inputs):
+        seen[index] = inputs
+        model.model.layers[index].self_attn.o_proj.weight.data.zero_()
+
+    sequential_input_factors(model, data, zero_attention_output)
+    assert torch.allclose(seen[0]["self_attn.q_proj"], dense[0].A["self_attn.q_proj"], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(seen[1]["self_attn.q_proj"], dense[1].A["self_attn.q_proj"], rtol=1e-2)
+
+
+@pytest.mark.parametrize("mode,density,row_scaled", [("unstructured", 0.4, False), ("2:4", None, True)])
+def test_sequential_curvature_prunes_every_matrix_to_the_density(mode, density, row_scaled):
+    model, run, settings = pruned(mode, density, curvature="sequential", shots=2, row_scaled=row_scaled)
+    for weight in projection_weights(model):
+        assert int((weight == 0).sum()) == round((1 - settings.density) * weight.numel())
+    assert "peak memory estimate" in run.memory_estimate and run.factor_memory == ""
+
+
+def test_output_scales_are_the_kfac_inverse_diagonals():
+    from llmshearing.surgeon.kfac import output_scales
+
+    model, data = tiny_model(**SHAPE), batches()
+    scales = output_scales(model, data, 0.01)
+    curvatures = estimate_factors(model, data, [1])[1].curvatures(0.01)
+    for name in PROJECTIONS:
+        assert torch.allclose(scales[1][name], 1.0 / curvatures[name].G_inv.diagonal(), rtol=1e-4)
+
+
+def test_sequential_curvature_is_for_sparse_modes_with_matrix_allocation():
+    from llmshearing.errors import ConfigError
+
+    for settings in (dict(mode="structured", density=0.5), dict(mode="2:4", allocation="global")):
+        with pytest.raises(ConfigError, match="--curvature sequential"):
+            SurgeonSettings(curvature="sequential", **settings).validate()
+
+
 def test_factor_memory_estimate_counts_every_factor_and_its_inverse():
     model = tiny_model(**SHAPE)
     factors = estimate_factors(model, batches(1), [0])[0]
@@ -192,12 +334,21 @@ def test_two_four_leaves_exactly_two_zeros_in_every_group_of_four():
 
 
 def test_unstructured_density_is_exact():
-    model, run, _ = pruned("unstructured", 0.37, shots=2)
+    model, run, _ = pruned("unstructured", 0.37, shots=2, allocation="global")
     weights = projection_weights(model)
     total = sum(w.numel() for w in weights)
     zeros = sum(int((w == 0).sum()) for w in weights)
     assert zeros == round(0.63 * total)
     assert run.shots[-1].density == pytest.approx(1 - zeros / total, abs=1e-12)
+
+
+@pytest.mark.parametrize("mode,density", [("unstructured", 0.37), ("2:4", 0.5)])
+def test_matrix_allocation_prunes_every_matrix_to_the_density_exactly(mode, density):
+    model, run, _ = pruned(mode, density, shots=2)
+    for weight in projection_weights(model):
+        assert int((weight == 0).sum()) == round((1 - density) * weight.numel())
+    for layer in range(model.config.num_hidden_layers):
+        assert all(value == pytest.approx(density, abs=1e-3) for value in run.pruner.projection_density(layer).values())
 
 
 def test_semi_structured_conversion_needs_a_gpu():
@@ -296,6 +447,8 @@ def test_cli_sparse_modes_export_dense_weights_with_zeros(tiny_hf_dir, sample_co
     (("--target", "hidden_size=32"), "target hidden_size=32 must equal the source's 48"),
     (("--target", "num_attention_heads=2,num_key_value_heads=1"), "target num_key_value_heads=1 must equal"),
     (("--target", "intermediate_size=80"), "larger than the source model's 40"),
+    (("--mode", "2:4", "--allocation", "global", "--curvature", "sequential"), "--curvature sequential is for"),
+    (("--density", "0.7", "--curvature", "sequential"), "--curvature sequential is for"),
 ])
 def test_bad_settings_are_one_line_errors(tiny_hf_dir, sample_corpus, tmp_path, capsys, options, message):
     assert surgeon(tiny_hf_dir, sample_corpus, tmp_path / "out", *options) == 2

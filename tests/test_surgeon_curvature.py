@@ -154,3 +154,41 @@ def test_identity_curvature_is_magnitude_without_update():
 def test_an_all_zero_factor_stays_invertible():
     curvature = KroneckerCurvature.from_raw(torch.zeros(4, 4), torch.eye(3))
     assert torch.isfinite(curvature.A_inv).all()
+
+
+@pytest.mark.parametrize("density,two_four", [(0.4, False), (0.75, False), (0.5, True), (0.75, True)])
+def test_adaptive_pruning_is_the_sequential_update_of_the_mask_it_chose(problem, density, two_four):
+    """prune_weights chooses the mask during the sweep; the weights it leaves are what remove_weights
+    (the same sweep with that mask fixed) gives, and the mask has the density and the 2:4 pattern."""
+    weight, curvature = problem
+    weight = weight[:, :8] if two_four else weight  # 2:4 needs inputs divisible by 4
+    if two_four:
+        curvature = KroneckerCurvature.from_raw(spd(8, 3), spd(weight.shape[0], 4), dtype=torch.float64)
+    chosen = weight.clone()
+    mask = curvature.prune_weights(chosen, density, two_four=two_four)
+    assert int(mask.sum()) == round((1 - density) * weight.numel())
+    if two_four:
+        assert (mask.reshape(-1, 4).sum(1) <= 2).all()
+        if density == 0.5:
+            assert (mask.reshape(-1, 4).sum(1) == 2).all()
+    fixed = weight.clone()
+    curvature.remove_weights(fixed, mask)
+    assert torch.allclose(chosen, fixed, atol=1e-5) and bool((chosen[mask] == 0).all())
+
+
+def test_adaptive_pruning_keeps_earlier_removals():
+    weight = torch.randn(6, 8, generator=torch.Generator().manual_seed(5))
+    curvature = KroneckerCurvature.from_raw(spd(8, 1), spd(6, 2))
+    first = curvature.prune_weights(weight, 0.75, two_four=True)
+    second = curvature.prune_weights(weight, 0.5, forced=first, two_four=True)
+    assert bool(second[first].all()) and (second.reshape(-1, 4).sum(1) == 2).all()
+    magnitude = IdentityCurvature().prune_weights(weight.clone(), 0.5, forced=second, two_four=True)
+    assert torch.equal(magnitude, second)  # already 2:4: nothing more to remove
+
+
+def test_magnitude_matrix_pruning_removes_the_smallest_weights():
+    weight = torch.randn(4, 16, generator=torch.Generator().manual_seed(6))
+    pruned = weight.clone()
+    mask = IdentityCurvature().prune_weights(pruned, 0.25)
+    assert int(mask.sum()) == 48 and weight.abs()[mask].max() <= weight.abs()[~mask].min()
+    assert torch.equal(pruned, weight.masked_fill(mask, 0))

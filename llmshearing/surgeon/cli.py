@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from llmshearing.prune.cli import add_calibration_arguments, add_source_arguments
-from llmshearing.surgeon.choices import ATTENTION_UNITS, HEAD, MODES, SCORINGS
+from llmshearing.surgeon.choices import ALLOCATIONS, ATTENTION_UNITS, CURVATURES, HEAD, MATRIX, MODES, SCORINGS
 from llmshearing.surgeon.settings import SurgeonSettings
 
 
@@ -42,6 +42,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: each layer keeps its own (per-layer sizes, loaded with trust_remote_code)")
     parser.add_argument("--attention-unit", choices=ATTENTION_UNITS, default=HEAD,
                         help="structured: remove query heads (the same number per KV group) or whole KV groups")
+    parser.add_argument("--allocation", choices=ALLOCATIONS, default=MATRIX,
+                        help="2:4/unstructured: matrix (default): every projection at the density, its mask chosen "
+                             "during the correlated update (SparseGPT-style); global: one threshold over all layers "
+                             "(the LLM Surgeon paper's)")
+    parser.add_argument("--curvature", choices=CURVATURES, default=None,
+                        help="2:4/unstructured with --allocation matrix: sequential (default there): input factors A "
+                             "layer by layer, from the activations that pass the already pruned layers (forward "
+                             "passes, as SparseGPT calibrates); kfac: K-FAC factors G ⊗ A of the unpruned model from "
+                             "one forward + backward pass (always for structured and --allocation global)")
+    parser.add_argument("--no-row-scale", dest="row_scaled", action="store_false",
+                        help="2:4/unstructured with --allocation matrix: weight costs without the 1/[G⁻¹]_ii factor of "
+                             "their output row (which needs a forward + backward pass for G each shot; one 2:4 shot "
+                             "never needs it)")
     parser.add_argument("--scoring", choices=SCORINGS, default="curvature",
                         help="magnitude: the F = I baseline (no curvature, no weight update)")
     parser.add_argument("--damping", type=float, default=0.01,
@@ -59,6 +72,7 @@ def settings_from_args(args: argparse.Namespace) -> SurgeonSettings:
     return SurgeonSettings(
         mode=args.mode, density=args.density, shots=args.shots, uniform=args.uniform,
         attention_unit=args.attention_unit, scoring=args.scoring, damping=args.damping,
+        allocation=args.allocation, curvature=args.curvature, row_scaled=args.row_scaled,
         factor_memory_gb=args.factor_memory_gb, finetune_steps=args.finetune_steps, finetune_lr=args.finetune_lr,
         target=parse_target(args.target) if args.target else None,
     ).validate()

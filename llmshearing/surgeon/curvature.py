@@ -10,9 +10,24 @@ Rows and columns are removed in equal-size blocks: block b of size s covers indi
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Optional, Sequence
 
 import torch
+
+
+@contextlib.contextmanager
+def one_cpu_thread():
+    """Run a loop of many small CPU tensor ops on one thread. Each op of the column sweeps below is tiny,
+    and with the intra-op thread pool every op waits for all its threads: on a machine whose cores are
+    shared that wait dominates (SmolLM2's 576 × 576 q_proj at 50 %, 2 threads on 2 busy cores: 1.9 s;
+    one thread: 0.03 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def damped(factor: torch.Tensor, damping: float) -> torch.Tensor:
@@ -131,6 +146,13 @@ class KroneckerCurvature:
         upper = torch.linalg.cholesky(self.A_inv, upper=True)
         columns = self._cast(weight).t().contiguous()  # one contiguous row per input column: fast slices
         mask = removed.t().to(columns.dtype).contiguous()
+        with one_cpu_thread() if columns.device.type == "cpu" else contextlib.nullcontext():
+            self._sweep(columns, mask, upper)
+        weight.copy_(columns.t())
+        weight[removed] = 0
+
+    @staticmethod
+    def _sweep(columns: torch.Tensor, mask: torch.Tensor, upper: torch.Tensor) -> None:
         n = columns.shape[0]
         for start in range(0, n, _COLUMN_BLOCK):
             end = min(start + _COLUMN_BLOCK, n)
@@ -141,11 +163,93 @@ class KroneckerCurvature:
                 block[k:].addr_(corner[k, k:], error, alpha=-1)
             columns[start:end] = block
             columns[end:].addmm_(upper[start:end, end:].t(), errors, alpha=-1)  # the block's effect on later columns
-        weight.copy_(columns.t())
-        weight[removed] = 0
+
+    def prune_weights(self, weight: torch.Tensor, density: float, forced: Optional[torch.Tensor] = None,
+                      two_four: bool = False, row_scaled: bool = False) -> torch.Tensor:
+        """Choose and remove weights of this matrix together (SparseGPT's adaptive mask selection):
+        the sequential OBS sweep of ``remove_weights``, with each block of columns' mask chosen when
+        the sweep reaches it, from the weights as updated so far; returns the removed mask.
+
+        A weight's cost is w² / U_jj² (U the upper Cholesky factor of A⁻¹: the loss of removing it
+        given that the columns after it may still move), times 1 / [G⁻¹]_ii with ``row_scaled``.
+        Each block of columns removes its share of round((1 − density) × weights) (so the matrix
+        ends at the density exactly); ``two_four``: never more than two in a group of four inputs,
+        and at density 0.5 exactly two, chosen group by group as the sweep reaches it.
+        """
+        upper = torch.linalg.cholesky(self.A_inv, upper=True)
+        scale = 1.0 / self.G_inv.diagonal() if row_scaled else None
+        return prune_sequentially(weight, upper, density, forced, two_four, scale)
 
 
 _COLUMN_BLOCK = 128  # columns updated one by one before their effect on the rest is applied in one product
+
+
+def _block_choice(costs: torch.Tensor, forced: torch.Tensor, count: int, two_four: bool) -> torch.Tensor:
+    """The ``count`` cheapest of a [columns, rows] block of costs (``forced`` first, then the cheapest;
+    with ``two_four`` at most two per group of four consecutive columns of a row)."""
+    count = max(count, int(forced.sum()))
+    ranked = costs.masked_fill(forced, -float("inf"))
+    if two_four:
+        groups = ranked.t().reshape(ranked.shape[1], -1, 4)
+        order = groups.argsort(dim=-1, stable=True)
+        excluded = torch.ones_like(groups, dtype=torch.bool).scatter_(-1, order[..., :2], False)
+        ranked = ranked.masked_fill(excluded.reshape(ranked.shape[1], -1).t(), float("inf"))
+    chosen = torch.zeros(ranked.numel(), dtype=torch.bool, device=costs.device)
+    chosen[ranked.reshape(-1).topk(count, largest=False, sorted=False).indices] = True
+    return chosen.view_as(costs)
+
+
+@torch.no_grad()
+def prune_sequentially(weight: torch.Tensor, upper: Optional[torch.Tensor], density: float,
+                       forced: Optional[torch.Tensor] = None, two_four: bool = False,
+                       row_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """See ``KroneckerCurvature.prune_weights``; ``upper`` None: magnitude costs, no update."""
+    with one_cpu_thread() if weight.device.type == "cpu" else contextlib.nullcontext():
+        return _prune_sequentially(weight, upper, density, forced, two_four, row_scale)
+
+
+def _prune_sequentially(weight, upper, density, forced, two_four, row_scale) -> torch.Tensor:
+    dtype = upper.dtype if upper is not None else torch.float32
+    columns = weight.to(dtype).t().contiguous()  # [in, out]: one contiguous row per input column
+    n, rows = columns.shape
+    forced = torch.zeros_like(columns, dtype=torch.bool) if forced is None else forced.t().to(columns.device)
+    removed = torch.zeros_like(columns, dtype=torch.bool)
+    diagonal = upper.diagonal() if upper is not None else torch.ones(n, dtype=dtype, device=columns.device)
+    scale = row_scale.to(dtype)[None, :] if row_scale is not None else 1.0
+    total = (1.0 - density) * n * rows
+    group_wise = two_four and density <= 0.5  # the last 2:4 shot: exactly two per group, group by group
+    for start in range(0, n, _COLUMN_BLOCK):
+        end = min(start + _COLUMN_BLOCK, n)
+        block = columns[start:end].clone()
+        if group_wise:
+            mask = forced[start:end].clone()
+        else:
+            count = round(total * end / n) - round(total * start / n)
+            costs = block.pow(2) / diagonal[start:end, None].pow(2) * scale
+            mask = _block_choice(costs, forced[start:end], count, two_four)
+        if upper is None:
+            removed[start:end] = mask
+            continue
+        corner = upper[start:end, start:end]
+        errors = torch.zeros_like(block)
+        for k in range(end - start):
+            if group_wise and k % 4 == 0:
+                group = block[k:k + 4].pow(2) / corner.diagonal()[k:k + 4, None].pow(2) * scale
+                group = group.masked_fill(forced[start + k:start + k + 4], -float("inf"))
+                mask[k:k + 4].scatter_(0, group.topk(2, dim=0, largest=False).indices, True)
+            error = torch.mul(block[k], mask[k], out=errors[k]).div_(corner[k, k])
+            block[k:].addr_(corner[k, k:], error, alpha=-1)
+        columns[start:end] = block
+        removed[start:end] = mask
+        columns[end:].addmm_(upper[start:end, end:].t(), errors, alpha=-1)
+    if group_wise and upper is None:
+        ranked = columns.pow(2).masked_fill(forced, -float("inf")).t().reshape(rows, -1, 4)
+        picked = torch.zeros_like(ranked, dtype=torch.bool).scatter_(-1, ranked.argsort(dim=-1, stable=True)[..., :2], True)
+        removed = picked.reshape(rows, -1).t()
+    weight.copy_(columns.t())
+    removed = removed.t().contiguous()
+    weight[removed] = 0
+    return removed
 
 
 class IdentityCurvature:
@@ -168,6 +272,10 @@ class IdentityCurvature:
 
     def remove_weights(self, weight: torch.Tensor, removed: torch.Tensor) -> None:
         weight[removed] = 0
+
+    def prune_weights(self, weight: torch.Tensor, density: float, forced: Optional[torch.Tensor] = None,
+                      two_four: bool = False, row_scaled: bool = False) -> torch.Tensor:
+        return prune_sequentially(weight, None, density, forced, two_four)
 
 
 def block_indices(blocks: Sequence[int], size: int, device=None) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from llmshearing.surgeon.report import write_report
+from llmshearing.surgeon.report import peak_rss_bytes, write_report
 from llmshearing.surgeon.settings import STRUCTURED
 
 
@@ -38,4 +38,7 @@ def export_result(model, surgeon_run, settings, out, tokenizer=None, *, started_
         calibration=calibration)
     say(f"density {surgeon_run.shots[-1].density:.4f} of the layers' projection weights "
         f"(target {settings.density}); report: {report}")
+    if surgeon_run.memory_estimate_bytes and model.lm_head.weight.device.type == "cpu":
+        say(f"peak memory (process RSS): {peak_rss_bytes() / 1024 ** 3:.2f} GB "
+            f"(estimated at the start: {surgeon_run.memory_estimate_bytes / 1024 ** 3:.2f} GB)")
     return out

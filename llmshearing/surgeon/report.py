@@ -36,6 +36,18 @@ def result_shape(config: LlamaConfig) -> Dict:
     return {key: getattr(config, key) for key in keys if getattr(config, key) is not None}
 
 
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size so far (Linux/macOS; 0 where unknown)."""
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
+    except (ImportError, OSError):
+        return 0
+
+
 def write_report(folder, *, settings, run, source_config: LlamaConfig, result_config: LlamaConfig,
                  source_params: int, result_params: int, nonzero_params: int, seconds: float, **extra) -> Path:
     report = {
@@ -46,6 +58,8 @@ def write_report(folder, *, settings, run, source_config: LlamaConfig, result_co
         "parameters": {"source": source_params, "result": result_params, "nonzero": nonzero_params},
         "result_shape": result_shape(result_config),
         "factor_memory": run.factor_memory,
+        "memory": {"estimate": run.memory_estimate, "estimate_bytes": run.memory_estimate_bytes,
+                   "peak_rss_bytes": peak_rss_bytes()},
         "shots": [dataclasses.asdict(shot) for shot in run.shots],
         "seconds": seconds,
         **extra,

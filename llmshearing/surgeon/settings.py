@@ -5,7 +5,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from llmshearing.errors import ConfigError
-from llmshearing.surgeon.choices import ATTENTION_UNITS, CURVATURE, HEAD, MODES, SCORINGS, STRUCTURED, TWO_FOUR
+from llmshearing.surgeon.choices import (ALLOCATIONS, ATTENTION_UNITS, CURVATURE, CURVATURES, GLOBAL, HEAD, KFAC,
+                                         MATRIX, MODES, SCORINGS, SEQUENTIAL, STRUCTURED, TWO_FOUR)
 
 TWO_FOUR_DENSITY = 0.5
 
@@ -19,6 +20,11 @@ class SurgeonSettings:
     attention_unit: str = HEAD
     scoring: str = CURVATURE  # magnitude: F = I ⊗ I, the baseline
     damping: float = 0.01
+    allocation: str = MATRIX  # 2:4/unstructured: each projection at the density (adaptive masks), or global
+    row_scaled: bool = True  # allocation matrix: weight costs × 1/[G⁻¹]_ii (the output-side curvature)
+    # 2:4/unstructured with allocation matrix: sequential (A layer by layer, the default there) or K-FAC G ⊗ A
+    # (always for structured and the global allocation); None: the default for the mode and allocation
+    curvature: Optional[str] = None
     factor_memory_gb: Optional[float] = None
     finetune_steps: int = 0
     finetune_lr: float = 1e-5
@@ -42,6 +48,15 @@ class SurgeonSettings:
                               f"(or left out), got {self.density}")
         if self.attention_unit not in ATTENTION_UNITS:
             raise ConfigError(f"--attention-unit must be one of {', '.join(ATTENTION_UNITS)}, got {self.attention_unit!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"--allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+        if self.curvature is None:
+            self.curvature = SEQUENTIAL if self.mode != STRUCTURED and self.allocation == MATRIX else KFAC
+        if self.curvature not in CURVATURES:
+            raise ConfigError(f"--curvature must be one of {', '.join(CURVATURES)}, got {self.curvature!r}")
+        if self.curvature == SEQUENTIAL and (self.mode == STRUCTURED or self.allocation == GLOBAL):
+            raise ConfigError("--curvature sequential is for --mode 2:4/unstructured with --allocation matrix "
+                              "(it estimates no costs of other layers)")
         if self.scoring not in SCORINGS:
             raise ConfigError(f"--scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
         _at_least("--shots", self.shots, 1)
@@ -70,6 +85,11 @@ class SurgeonSettings:
         counts = target_counts(config, self.target, self.attention_unit)
         self.density = self._target_density = counts.density
         return counts
+
+    @property
+    def sequential(self) -> bool:
+        """Layer-by-layer input factors (forward passes only) instead of a K-FAC pass."""
+        return self.curvature == SEQUENTIAL and self.scoring == CURVATURE
 
     def schedule(self) -> List[float]:
         """Target density after each shot: linear from 1 to ``density``."""

@@ -1,10 +1,16 @@
-"""Weight-level pruning decisions: unstructured (one global threshold) and 2:4 semi-structured.
+"""Weight-level pruning decisions: unstructured and 2:4 semi-structured.
 
+Allocation ``matrix`` (default): every projection of every layer goes to the shot's density, and
+its mask is chosen while its correlated update sweeps over the input columns (a block of columns at
+a time, from the weights as updated so far: ``KroneckerCurvature.prune_weights``). No costs of other
+layers are needed, so the layers are pruned one at a time and their curvature freed at once.
+
+Allocation ``global`` (the LLM Surgeon paper's): one threshold over the costs of all layers.
 Unstructured: exactly round((1 - density) × prunable weights) weights are removed, the cheapest
 over all layers. 2:4: in every group of four consecutive inputs of a row, the two cheapest weights
 are candidates; earlier shots remove the globally cheapest candidates (never more than two per
 group), and the last shot (density 0.5) removes every candidate, so each group ends with exactly
-two zeros. Weights removed in an earlier shot stay removed.
+two zeros. Weights removed in an earlier shot stay removed (both allocations).
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import torch
 from llmshearing.errors import ShapeError
 from llmshearing.model.config import LlamaConfig
 from llmshearing.plan import PruningPlan
-from llmshearing.surgeon.choices import TWO_FOUR
+from llmshearing.surgeon.choices import GLOBAL, MATRIX, TWO_FOUR
 from llmshearing.surgeon.curvature import IdentityCurvature
 from llmshearing.surgeon.selection import select_smallest
 from llmshearing.surgeon.units import projection_sizes
@@ -34,8 +40,8 @@ def two_four_candidates(costs: torch.Tensor, removed: torch.Tensor) -> torch.Ten
 
 
 class SparsePruning:
-    def __init__(self, config: LlamaConfig, pattern: str):
-        self.config, self.pattern = config, pattern
+    def __init__(self, config: LlamaConfig, pattern: str, allocation: str = MATRIX, row_scaled: bool = False):
+        self.config, self.pattern, self.allocation, self.row_scaled = config, pattern, allocation, row_scaled
         self.projections = list(projection_sizes(config))
         self.masks: Dict[int, Dict[str, torch.Tensor]] = {}
         if pattern == TWO_FOUR:
@@ -46,7 +52,23 @@ class SparsePruning:
             if odd:
                 raise ShapeError(f"2:4 sparsity needs layer input sizes divisible by 4; {odd} are not")
 
+    @property
+    def selects_globally(self) -> bool:
+        """True: costs of every layer, then one selection (``layer_costs``, ``select``, ``apply``);
+        False: each layer is pruned on its own (``prune_layer``)."""
+        return self.allocation == GLOBAL
+
     # ---- one shot --------------------------------------------------------------------------
+    @torch.no_grad()
+    def prune_layer(self, index: int, layer, curvatures, density: float) -> None:
+        """Every projection of ``layer`` to ``density``: masks chosen during the update."""
+        for name in self.projections:
+            weight = layer.get_submodule(name).weight
+            forced = self._removed(index, name, weight.shape).to(weight.device)
+            mask = curvatures[name].prune_weights(weight, density, forced, two_four=self.pattern == TWO_FOUR,
+                                                  row_scaled=self.row_scaled)
+            self.masks.setdefault(index, {})[name] = mask.cpu()
+
     def layer_costs(self, layer, curvatures) -> Dict[str, torch.Tensor]:
         return {name: curvatures[name].weight_costs(layer.get_submodule(name).weight).cpu() for name in self.projections}
 

@@ -48,6 +48,8 @@ class StructuredPruning:
         self.removed: Dict[str, Dict[int, List[int]]] = {k.name: {i: [] for i in range(config.num_hidden_layers)}
                                                          for k in self.kinds}
 
+    selects_globally = True  # costs of every layer, then one selection
+
     @property
     def layer_params(self) -> int:
         """All projection weights of a layer (k/v count too when only query heads are pruned)."""
