@@ -11,6 +11,10 @@ listed separately, they are not training):
 1. ``sheared_dynamic``: L0 pruning (``--prune-fraction`` of the budget) + continued pre-training,
    both with dynamic batch loading (reference losses = the source's own per-domain loss)
 2. ``sheared_static``: the same with static (fixed, uniform) loading
+   Variants of row 1 (issue 16): ``sheared_kd`` distils from the source in both stages (the
+   ``teacher:`` section of minitron_kd_smollm2.yaml: logit KL, α = 0), ``sheared_warm`` starts the
+   masks from Minitron's importance (``pruning.warm_start``, the same ``prune minitron`` calibration
+   as row 3), ``sheared_kd_warm`` both
 3. ``minitron_kd``: activation-importance pruning + knowledge distillation from the source
 4. ``surgeon_cpt``: LLM Surgeon structured to the target shape (``--target``) + continued
    pre-training (dynamic loading, as row 1's second stage)
@@ -40,13 +44,18 @@ from typing import Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-ROWS = ("sheared_dynamic", "sheared_static", "minitron_kd", "surgeon_cpt", "scratch", "source")
+SHEARED_VARIANTS = ("sheared_kd", "sheared_warm", "sheared_kd_warm")
+ROWS = ("sheared_dynamic", "sheared_static", *SHEARED_VARIANTS, "minitron_kd", "surgeon_cpt", "scratch", "source")
+DEFAULT_ROWS = tuple(row for row in ROWS if row not in SHEARED_VARIANTS)  # the variants run when asked for
 # the source first (every other row's reference), then the cheapest comparison, so that a run cut
 # short still answers "pruned and recovered vs from scratch"
-RUN_ORDER = ("source", "scratch", "sheared_dynamic", "sheared_static", "minitron_kd", "surgeon_cpt")
+RUN_ORDER = ("source", "scratch", "sheared_dynamic", "sheared_static", "minitron_kd", *SHEARED_VARIANTS, "surgeon_cpt")
 ROW_TITLES = {
     "sheared_dynamic": "Sheared: L0 pruning + CPT, dynamic loading",
     "sheared_static": "Sheared: L0 pruning + CPT, static loading",
+    "sheared_kd": "Sheared + KD in both stages, dynamic loading",
+    "sheared_warm": "Sheared, masks warm-started from Minitron's importance, dynamic loading",
+    "sheared_kd_warm": "Sheared, warm start + KD in both stages, dynamic loading",
     "minitron_kd": "Minitron: importance pruning + KD",
     "surgeon_cpt": "LLM Surgeon structured (uniform) + CPT",
     "scratch": "same architecture, random init",
@@ -231,31 +240,47 @@ class Stages:
         return [f"optimizer.lr={lr}", "scheduler.name=cosine", f"scheduler.t_warmup={max(1, steps // 20)}ba",
                 "scheduler.alpha_f=0.1"]
 
-    def cpt(self, name: str, model: Path, mode: str, steps: int) -> Tuple[Path, Curve]:
+    def cpt(self, name: str, model: Path, mode: str, steps: int, extra: Tuple[str, ...] = ()) -> Tuple[Path, Curve]:
         checkpoint, curve = self.train(name, "demo_smollm2_cpt.yaml", steps,
-                                       [f"model.path={model}", *self.dynamic(mode, steps), *self.recovery(self.s.lr, steps)])
+                                       [f"model.path={model}", *self.dynamic(mode, steps), *self.recovery(self.s.lr, steps),
+                                        *extra])
         return self.export(name, checkpoint), curve
+
+    def teacher(self) -> List[str]:
+        """The source as teacher, with minitron_kd_smollm2.yaml's settings (logit KL at T = 1, no LM term)."""
+        return [f"teacher.path={self.s.source}", "teacher.temperature=1.0", "teacher.alpha=0.0"]
+
+    def minitron_pruned(self) -> Path:
+        """``prune minitron`` to the target: the pruned HF dir and its importance.json, made once per OUT."""
+        s, pruned = self.s, self.work / "minitron_pruned_hf"
+        if not (pruned / "importance.json").exists():
+            self.run("minitron.prune", [PYTHON, "-m", "llmshearing.prune", "minitron", "--model", s.source,
+                                        "--data", s.data, "--out", pruned, "--target", s.target_arg,
+                                        "--calib-samples", s.calib_samples, "--seq-len", s.seq_len, "--seed", s.seed,
+                                        *s.cli_device])
+        return pruned
 
 
 # ---- the rows ----------------------------------------------------------------------------------
-def sheared(stages: Stages, mode: str) -> dict:
+def sheared(stages: Stages, mode: str, name: str, kd: bool = False, warm: bool = False) -> dict:
     s = stages.s
     target = [f"pruning.target.{k}={v}" for k, v in s.target.items()]
-    checkpoint, prune_curve = stages.train(f"sheared_{mode}_prune", "demo_smollm2_prune.yaml", s.prune_steps,
-                                           [f"model.path={s.source}", *target, *stages.dynamic(mode, s.prune_steps)])
-    pruned = stages.export(f"sheared_{mode}_prune", checkpoint, prune=True)
-    model, cpt_curve = stages.cpt(f"sheared_{mode}_cpt", pruned, mode, s.total_steps - s.prune_steps)
+    teacher = stages.teacher() if kd else []
+    warm_start = [f"pruning.warm_start={stages.minitron_pruned()}"] if warm else []
+    checkpoint, prune_curve = stages.train(f"{name}_prune", "demo_smollm2_prune.yaml", s.prune_steps,
+                                           [f"model.path={s.source}", *target, *stages.dynamic(mode, s.prune_steps),
+                                            *teacher, *warm_start])
+    pruned = stages.export(f"{name}_prune", checkpoint, prune=True)
+    model, cpt_curve = stages.cpt(f"{name}_cpt", pruned, mode, s.total_steps - s.prune_steps, tuple(teacher))
     offset = s.prune_steps * s.tokens_per_step
     return {"model": model, "curve": prune_curve + [(t + offset, v) for t, v in cpt_curve],
-            "training_tokens": s.total_steps * s.tokens_per_step, "calibration_tokens": 0}
+            "training_tokens": s.total_steps * s.tokens_per_step,
+            "calibration_tokens": s.calib_samples * s.seq_len if warm else 0}
 
 
 def minitron_kd(stages: Stages) -> dict:
     s = stages.s
-    pruned = stages.work / "minitron_pruned_hf"
-    stages.run("minitron.prune", [PYTHON, "-m", "llmshearing.prune", "minitron", "--model", s.source, "--data", s.data,
-                                  "--out", pruned, "--target", s.target_arg, "--calib-samples", s.calib_samples,
-                                  "--seq-len", s.seq_len, "--seed", s.seed, *s.cli_device])
+    pruned = stages.minitron_pruned()
     start = stages.curve_point("minitron_pruned", pruned, 0)
     checkpoint, curve = stages.train("minitron_kd", "minitron_kd_smollm2.yaml", s.total_steps,
                                      [f"model.path={pruned}", f"teacher.path={s.source}",
@@ -293,7 +318,11 @@ def source(stages: Stages) -> dict:
             "training_tokens": 0, "calibration_tokens": 0}
 
 
-BUILDERS = {"sheared_dynamic": lambda st: sheared(st, "dynamic"), "sheared_static": lambda st: sheared(st, "static"),
+BUILDERS = {"sheared_dynamic": lambda st: sheared(st, "dynamic", "sheared_dynamic"),
+            "sheared_static": lambda st: sheared(st, "static", "sheared_static"),
+            "sheared_kd": lambda st: sheared(st, "dynamic", "sheared_kd", kd=True),
+            "sheared_warm": lambda st: sheared(st, "dynamic", "sheared_warm", warm=True),
+            "sheared_kd_warm": lambda st: sheared(st, "dynamic", "sheared_kd_warm", kd=True, warm=True),
             "minitron_kd": minitron_kd, "surgeon_cpt": surgeon_cpt, "scratch": scratch, "source": source}
 
 
@@ -447,7 +476,7 @@ def parse_args(argv=None) -> Tuple[Settings, argparse.Namespace]:
     parser.add_argument("--source", default="smollm2", help="HF dir, .gguf, Composer checkpoint or 'smollm2'")
     parser.add_argument("--data", type=Path, help="corpus dir (default: OUT/corpus, built by data_prep/build_sample_corpus.py)")
     parser.add_argument("--target", default=DEFAULT_TARGET, help="target shape in HF config words")
-    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(DEFAULT_ROWS))
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4, help="global batch size (sequences per step)")
     parser.add_argument("--prune-fraction", type=float, default=0.25, help="share of the Sheared budget spent pruning")

@@ -211,7 +211,7 @@ def build_algorithms(cfg: TrainConfig, artifacts: Optional[RunArtifacts]) -> Lis
         algorithms.append(L0Pruning(
             p.target, mask_lr=p.mask_lr, lag_lr=p.lag_lr, warmup_fraction=p.warmup_fraction,
             init_mean=p.init_mean, init_std=p.init_std, block_masks=p.block_masks,
-            per_rank_masks=p.per_rank_masks,
+            per_rank_masks=p.per_rank_masks, warm_start=p.warm_start, warm_start_spread=p.warm_start_spread,
             plan_folder=artifacts,
         ))
     if cfg.teacher is not None:

@@ -69,7 +69,7 @@ def test_every_row_at_a_tiny_budget(sample_corpus, tmp_path):
     for stage in ("sheared_dynamic_prune", "sheared_dynamic_cpt", "surgeon_cpt"):  # the step size reaches the runs
         assert "dynamic_loading.eta=0.5" in (out / "logs" / f"{stage}.train.log").read_text().splitlines()[0]
     body = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| row")]
-    assert [line.split(" | ")[0] for line in body] == [f"| {reproduce.ROW_TITLES[r]}" for r in reproduce.ROWS]
+    assert [line.split(" | ")[0] for line in body] == [f"| {reproduce.ROW_TITLES[r]}" for r in reproduce.DEFAULT_ROWS]
     assert (out / "eval_loss_vs_tokens.png").stat().st_size > 10_000
 
 
@@ -85,6 +85,27 @@ def test_every_stage_runs_on_the_device_asked_for(tmp_path, sample_corpus):
     assert train[-2:] == ["device=gpu", "precision=amp_bf16"]  # after the yaml's own cpu / fp32
     assert reference[-2:] == ["--device", "cuda"]
     assert cpu.training_device == ["device=cpu", "precision=fp32"] and cpu.cli_device == ["--device", "cpu"]
+
+
+def test_the_sheared_variants_distil_in_both_stages_and_start_from_minitrons_importance(tmp_path, sample_corpus,
+                                                                                       monkeypatch):
+    reproduce = load_benchmark_script("reproduce")
+    settings, _ = reproduce.parse_args(["--budget-tokens", "2048", "--out", str(tmp_path), "--data", str(sample_corpus),
+                                        "--device", "cpu", "--calib-samples", "8"])
+    commands = {}
+    monkeypatch.setattr(reproduce, "read_curve", lambda log, tokens_per_step: [])
+    stages = reproduce.Stages(settings, lambda name, argv: commands.setdefault(name, [str(a) for a in argv]))
+    row = reproduce.sheared(stages, "dynamic", "sheared_kd_warm", kd=True, warm=True)
+    importance_dir = str(tmp_path / "work" / "minitron_pruned_hf")
+    assert commands["minitron.prune"][commands["minitron.prune"].index("--out") + 1] == importance_dir
+    for stage in ("sheared_kd_warm_prune.train", "sheared_kd_warm_cpt.train"):
+        assert f"teacher.path={settings.source}" in commands[stage] and "teacher.alpha=0.0" in commands[stage]
+    assert f"pruning.warm_start={importance_dir}" in commands["sheared_kd_warm_prune.train"]
+    assert not any(a.startswith("pruning.") for a in commands["sheared_kd_warm_cpt.train"])
+    assert row["calibration_tokens"] == 8 * settings.seq_len
+    plain = reproduce.sheared(stages, "dynamic", "sheared_dynamic")
+    assert not any(a.startswith(("teacher.", "pruning.warm_start")) for a in commands["sheared_dynamic_prune.train"])
+    assert plain["calibration_tokens"] == 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")

@@ -64,6 +64,10 @@ class PruningSection:
     init_std: float = 0.01
     block_masks: bool = False
     per_rank_masks: bool = False  # each rank samples its own masks (reference); false: all ranks the same
+    # a Minitron importance.json (or the `prune minitron` output dir holding it): the gates start ordered
+    # by it, the one-shot selection above the initial log_alpha, the rest below (sheared/warm_start.py)
+    warm_start: Optional[str] = None
+    warm_start_spread: float = 4.0  # log_alpha distance between a row's most and least important unit
 
 
 @dataclass

@@ -165,7 +165,7 @@ class L0Module(nn.Module):
         """[L, n_kv] -> [L, n_heads]: query head h belongs to KV group h // query_groups."""
         return per_group.repeat_interleave(self.source.query_groups, dim=1)
 
-    def _final_fraction(self, name: str) -> float:
+    def final_fraction(self, name: str) -> float:
         source, target = self.source, self.target
         kept, total = {
             "layer": (target.num_hidden_layers, source.num_hidden_layers),
@@ -301,7 +301,7 @@ class L0Module(nn.Module):
 
     def target_fractions(self, step: Optional[int] = None) -> Dict[str, float]:
         """Target kept fraction per pruned structure: final, or warmed up from 1.0 at ``step``."""
-        final = {name: self._final_fraction(name) for name in self.structures}
+        final = {name: self.final_fraction(name) for name in self.structures}
         if step is None or self.lagrangian_warmup_steps == 0:
             return final
         progress = min(max(step, 0) / self.lagrangian_warmup_steps, 1.0)

@@ -14,6 +14,8 @@ or by ``ReplicaSync`` under FSDP, so every rank holds the same log_alpha and λ;
 seeded with the rank-zero seed, so every rank also samples the same masks. With ``per_rank_masks``
 each rank draws from its own stream of that seed, as the reference implementation samples: N ranks
 then average the gradients of N mask samples per step.
+
+``warm_start``: a Minitron ``importance.json`` orders the gates' initial log_alpha (sheared/warm_start.py).
 """
 from __future__ import annotations
 
@@ -47,6 +49,8 @@ class L0Pruning(Algorithm):
         init_std: float = 0.01,
         block_masks: bool = False,
         per_rank_masks: bool = False,
+        warm_start: Optional[str] = None,
+        warm_start_spread: float = 4.0,
         plan_folder: Union[str, RunArtifacts, None] = None,
     ):
         self.target = dict(target)
@@ -57,6 +61,8 @@ class L0Pruning(Algorithm):
         self.init_std = init_std
         self.block_masks = block_masks
         self.per_rank_masks = per_rank_masks
+        self.warm_start = warm_start
+        self.warm_start_spread = warm_start_spread
         self.plan_folder = as_run_artifacts(plan_folder)
         self.last_details: dict = {}
         self._sync: Optional[ReplicaSync] = None
@@ -99,6 +105,12 @@ class L0Pruning(Algorithm):
         )
         if self.per_rank_masks:  # ... unless each rank samples its own
             l0.noise.stream = dist.get_global_rank()
+        if self.warm_start:  # every rank reads the same file: the replicas start equal; a resume loads over it
+            from llmshearing.sheared.warm_start import load_importance, warm_start
+
+            warm_start(l0, load_importance(self.warm_start), self.warm_start_spread)
+            log.info("L0 masks warm-started from the importance in %s (spread %g)", self.warm_start,
+                     self.warm_start_spread)
         l0 = attach_replicated(state, "l0", l0)
         if not state.optimizers:
             raise ConfigError("L0Pruning needs an optimizer passed to the Trainer")
@@ -121,10 +133,12 @@ class L0Pruning(Algorithm):
         return int(round(self.warmup_fraction * duration.value))
 
     def _add_lagrangian(self, state: State) -> None:
-        lm_loss = state.loss["total"] if isinstance(state.loss, dict) else state.loss
+        # other terms already there (distillation's kd and lm: Composer runs AFTER_LOSS algorithms in
+        # reverse order, so a teacher's loss is in place first) are kept and logged
+        loss = dict(state.loss) if isinstance(state.loss, dict) else {"total": state.loss, "lm": state.loss}
         lagrangian, details = self.l0(state).lagrangian(int(state.timestamp.batch))
         self.last_details = details
-        state.loss = {"total": lm_loss + lagrangian, "lm": lm_loss, "lagrangian": lagrangian}
+        state.loss = {**loss, "total": loss["total"] + lagrangian, "lagrangian": lagrangian}
 
     def write_plan(self, state: State, logger: Optional[Logger] = None) -> Optional[Path]:
         """The plan's local file (None on other ranks and without a plan folder)."""

@@ -1,0 +1,127 @@
+"""Warm start of the L0 masks from Minitron's importance (issue 16): the masks start on its selection."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmshearing.config import load_config
+from llmshearing.errors import ConfigError
+from llmshearing.minitron.importance import Importance
+from llmshearing.minitron.selection import build_plan
+from llmshearing.model import LlamaConfig
+from llmshearing.shape import TargetShape
+from llmshearing.sheared import L0Module
+from llmshearing.sheared.warm_start import load_importance, rank_offsets, warm_start
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "yamls" / "tiny_prune.yaml"
+SOURCE = LlamaConfig(vocab_size=53, hidden_size=23, intermediate_size=37, num_hidden_layers=5,
+                     num_attention_heads=6, num_key_value_heads=2, head_dim=6)
+TARGETS = {
+    "every structure": TargetShape(hidden_size=13, num_attention_heads=2, num_key_value_heads=1,
+                                   num_hidden_layers=3, intermediate_size=21),
+    "heads within groups": TargetShape(hidden_size=23, num_attention_heads=4, num_key_value_heads=2,
+                                       num_hidden_layers=5, intermediate_size=30),
+}
+
+
+def test_rank_offsets_put_the_cut_at_zero_rank_ties_by_index_and_leave_nan_alone():
+    scores = torch.tensor([[0.5, 3.0, 0.5, float("nan"), 2.0]])
+    offsets = rank_offsets(scores, keep=0.4)
+    # ranks: 3.0 > 2.0 > 0.5 (index 0) > 0.5 (index 2) > NaN; q = 1, .75, .5, .25, (0)
+    assert torch.allclose(offsets, torch.tensor([[0.5 - 0.6, 1.0 - 0.6, 0.25 - 0.6, 0.0, 0.75 - 0.6]]))
+    kept = offsets[0, [1, 4]]
+    assert (kept > 0).all() and (offsets[0, [0, 2]] < 0).all()  # the two a keep of 0.4 of 5 takes are above
+
+
+@pytest.mark.parametrize("init_mean", [2.0, 5.0])  # 5.0 starts clamped at the range's top (log 100)
+@pytest.mark.parametrize("target", TARGETS.values(), ids=TARGETS.keys())
+def test_warm_started_masks_select_exactly_what_minitron_selects(target, init_mean):
+    importance = Importance.random(SOURCE, seed=4)
+    l0 = L0Module(SOURCE, target, init_mean=init_mean, init_std=0.01)
+    warm_start(l0, importance, spread=4.0)
+    ours, minitron = l0.eval().make_plan(), build_plan(importance, target)
+    assert ours.kept_hidden == minitron.kept_hidden
+    assert [layer.source_index for layer in ours.layers] == [layer.source_index for layer in minitron.layers]
+    for mine, theirs in zip(ours.layers, minitron.layers):
+        assert mine.kept_kv_heads == theirs.kept_kv_heads
+        assert sorted(mine.kept_heads) == sorted(theirs.kept_heads)
+        assert mine.kept_neurons == theirs.kept_neurons
+    low, high = l0.gates["intermediate"].log_alpha_range
+    for gate in l0.gates.values():
+        assert gate.log_alpha.min() >= low and gate.log_alpha.max() <= high
+
+
+def test_without_warm_start_the_selection_is_not_minitrons():
+    """The test above is not passed by the untrained masks' own tie-breaking."""
+    importance = Importance.random(SOURCE, seed=4)
+    target = TARGETS["every structure"]
+    l0 = L0Module(SOURCE, target, init_mean=2.0, init_std=0.01).eval()
+    assert l0.make_plan().layers[0].kept_neurons != build_plan(importance, target).layers[0].kept_neurons
+
+
+def test_spread_is_the_log_alpha_distance_between_a_rows_best_and_worst_unit():
+    l0 = L0Module(SOURCE, TARGETS["every structure"], init_mean=0.0, init_std=0.0)
+    warm_start(l0, Importance.random(SOURCE, seed=1), spread=3.0)
+    neurons = l0.gates["intermediate"].log_alpha
+    assert torch.allclose(neurons.max(1).values - neurons.min(1).values, torch.full((5,), 3.0))
+
+
+def test_importance_of_another_model_is_refused():
+    other = Importance.random(LlamaConfig(**{**SOURCE.to_dict(), "intermediate_size": 40}))
+    with pytest.raises(ConfigError, match="another model"):
+        warm_start(L0Module(SOURCE, TARGETS["every structure"]), other)
+
+
+def test_a_missing_importance_file_says_how_to_make_one(tmp_path):
+    with pytest.raises(ConfigError, match=r"pruning.warm_start: no importance file .* `llmshearing prune minitron"):
+        load_importance(str(tmp_path / "nothing.json"))
+
+
+def test_the_trainer_starts_the_masks_from_the_yaml_s_importance_file(sample_corpus, tmp_path):
+    from llmshearing.sheared.l0_pruning import L0Pruning
+    from llmshearing.training import build_trainer
+
+    base = load_config(TINY, [f"data.path={sample_corpus}"])
+    source = LlamaConfig.from_dict(dict(base.model.config))
+    importance = Importance.random(source, seed=2)
+    importance.save(tmp_path / "minitron")  # a `prune minitron` output dir holds importance.json
+    cfg = load_config(TINY, [f"data.path={sample_corpus}", f"pruning.warm_start={tmp_path / 'minitron'}",
+                             "save_folder=null", "max_duration=1ba"])
+    trainer = build_trainer(cfg)
+    try:
+        assert any(isinstance(a, L0Pruning) for a in trainer.state.algorithms)
+        plan = trainer.state.model.l0.eval().make_plan()
+        expected = build_plan(importance, TargetShape.from_mapping(cfg.pruning.target, source))
+        assert plan.kept_hidden == expected.kept_hidden
+        assert [layer.kept_neurons for layer in plan.layers] == [layer.kept_neurons for layer in expected.layers]
+    finally:
+        trainer.close()
+
+
+@pytest.mark.filterwarnings("ignore:The warmup duration is 0")
+def test_pruning_with_a_teacher_and_a_warm_start_composes(sample_corpus, tmp_path):
+    """Issue 16's variant: L0 masks warm-started, distilled from the source, one Trainer."""
+    from llmshearing.convert import export_hf
+    from llmshearing.model import LlamaForCausalLM
+    from llmshearing.training import build_trainer
+
+    source = LlamaConfig.from_dict(dict(load_config(TINY, [f"data.path={sample_corpus}"]).model.config))
+    torch.manual_seed(0)
+    teacher = export_hf(LlamaForCausalLM(source), tmp_path / "teacher")
+    Importance.random(source, seed=2).save(tmp_path / "importance.json")
+    cfg = load_config(TINY, [f"data.path={sample_corpus}", f"pruning.warm_start={tmp_path / 'importance.json'}",
+                             f"teacher.path={teacher}", "save_folder=null", "max_duration=2ba", "eval_interval=2ba"])
+    trainer = build_trainer(cfg)
+    try:
+        trainer.fit()
+        loss = trainer.state.loss
+        assert {"lm", "kd", "lagrangian", "total"} <= set(loss)
+        # alpha 0: the KL alone, plus the Lagrangian; the LM loss is logged, not optimised
+        assert torch.allclose(loss["total"], loss["kd"] + loss["lagrangian"])
+        assert not torch.allclose(loss["lm"], loss["kd"])
+        assert torch.isfinite(loss["total"])
+    finally:
+        trainer.close()
