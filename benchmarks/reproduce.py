@@ -66,6 +66,7 @@ ROW_TITLES = {
 # MLP 384 is the split LLM Surgeon's own global ranking picks at this size (--density 0.375).
 DEFAULT_TARGET = "hidden_size=576,num_attention_heads=6,num_key_value_heads=3,num_hidden_layers=30,intermediate_size=384"
 EVAL_LINE = re.compile(r"\[metric\]\[batch=(\d+)\]: metrics/eval/([^/\s]+)/LanguageCrossEntropy: (\S+)")
+FRACTION_LINE = re.compile(r"\[metric\]\[batch=(\d+)\]: pruning/(expected|target)_fraction/(\w+): (\S+)")
 Curve = List[Tuple[int, Dict[str, float]]]  # (training tokens, {domain or "all": loss})
 
 
@@ -271,11 +272,36 @@ def sheared(stages: Stages, mode: str, name: str, kd: bool = False, warm: bool =
                                            [f"model.path={s.source}", *target, *stages.dynamic(mode, s.prune_steps),
                                             *teacher, *warm_start])
     pruned = stages.export(f"{name}_prune", checkpoint, prune=True)
+    l0_stage = l0_stage_report(stages.work / f"{name}_prune.metrics.txt", pruned, prune_curve)
     model, cpt_curve = stages.cpt(f"{name}_cpt", pruned, mode, s.total_steps - s.prune_steps, tuple(teacher))
     offset = s.prune_steps * s.tokens_per_step
     return {"model": model, "curve": prune_curve + [(t + offset, v) for t, v in cpt_curve],
             "training_tokens": s.total_steps * s.tokens_per_step,
-            "calibration_tokens": s.calib_samples * s.seq_len if warm else 0}
+            "calibration_tokens": s.calib_samples * s.seq_len if warm else 0, "l0_stage": l0_stage}
+
+
+def l0_stage_report(log: Path, pruned: Path, prune_curve: Curve) -> dict:
+    """Where the L0 stage stands when it ends (issue 16): the first step at which every structure's
+    expected size was within the convergence tolerance of its final target, the units the final cut
+    removed while their gates were open, and the sliced model's eval loss at each eval of the stage
+    (the deterministic masks the evaluators use slice to exactly that model)."""
+    from llmshearing.plan import PLAN_FILE
+    from llmshearing.sheared.convergence import DEFAULT_TOLERANCE
+
+    fractions: Dict[int, Dict[str, Dict[str, float]]] = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        match = FRACTION_LINE.search(line)
+        if match:
+            batch, kind, structure, value = match.groups()
+            fractions.setdefault(int(batch), {}).setdefault(kind, {})[structure] = float(value)
+    final = fractions[max(fractions)]["target"] if fractions else {}
+    reached = [batch for batch, f in sorted(fractions.items())
+               if f.get("expected") and all(f["expected"][k] <= final[k] + DEFAULT_TOLERANCE for k in f["expected"])]
+    plan_file = pruned / PLAN_FILE
+    plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
+    return {"steps_to_target": reached[0] if reached else None,
+            "convergence": plan.get("metadata", {}).get("mask_convergence", []),
+            "sliced_loss": [(tokens, losses.get("all")) for tokens, losses in prune_curve]}
 
 
 def minitron_kd(stages: Stages) -> dict:

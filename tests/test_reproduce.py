@@ -112,3 +112,24 @@ def test_the_sheared_variants_distil_in_both_stages_and_start_from_minitrons_imp
 def test_gpu_without_cuda_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="no CUDA device"):
         load_benchmark_script("reproduce").parse_args(["--budget-tokens", "512", "--out", str(tmp_path), "--device", "gpu"])
+
+
+def test_the_l0_stage_report_finds_the_step_the_masks_reached_the_target(tmp_path):
+    reproduce = load_benchmark_script("reproduce")
+    log = tmp_path / "prune.metrics.txt"
+    lines = []
+    steps = [(1.0, 1.0, 1.0), (0.6, 0.8, 0.7), (0.33, 0.5, 0.5), (0.31, 0.34, 0.3)]  # head, neurons, target
+    for batch, (head, neurons, target) in enumerate(steps, start=1):
+        lines += [f"[metric][batch={batch}]: pruning/expected_fraction/head: {head}",
+                  f"[metric][batch={batch}]: pruning/target_fraction/head: {target}",
+                  f"[metric][batch={batch}]: pruning/expected_fraction/intermediate: {neurons}",
+                  f"[metric][batch={batch}]: pruning/target_fraction/intermediate: {target}"]
+    log.write_text("\n".join(lines) + "\n")
+    (tmp_path / "pruned").mkdir()
+    convergence = [{"structure": "head", "cut": 3, "cut_while_open": 1}]
+    (tmp_path / "pruned" / "pruning_plan.json").write_text(json.dumps({"metadata": {"mask_convergence": convergence}}))
+    report = reproduce.l0_stage_report(log, tmp_path / "pruned", [(512, {"all": 4.0, "code": 3.0})])
+    # the final targets are 0.3; within 0.05: head from batch 3 (0.33), neurons only from batch 4 (0.34)
+    assert report["steps_to_target"] == 4
+    assert report["convergence"] == convergence and report["sliced_loss"] == [(512, 4.0)]
+    assert reproduce.l0_stage_report(tmp_path / "none.txt", tmp_path, [])["steps_to_target"] is None
