@@ -6,10 +6,13 @@ one folder keep their own), and a training run writes one ``tokenizer/`` for all
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from llmshearing.assets import resolve_model_path
+from llmshearing.convert.messages import first_line
+from llmshearing.errors import LLMShearingError
 
 TOKENIZER_DIR = "tokenizer"  # a training run's, in its save_folder
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -42,3 +45,19 @@ def model_tokenizer_path(model_path) -> Optional[Path]:
     if path.is_file():
         return tokenizer_beside(path)
     return None
+
+
+def load_source_tokenizer(model_path, warning: Callable[[str], str]):
+    """The tokenizer that comes with the model at ``model_path`` (see :func:`model_tokenizer_path`), or
+    None, after one line on stderr (``warning: `` + ``warning(reason)``), when it has none or it does not
+    load: a model without a usable tokenizer still converts and prunes."""
+    from llmshearing.assets import load_tokenizer
+
+    source = model_tokenizer_path(model_path)
+    try:
+        if source is None:
+            raise LLMShearingError(f"{model_path} has no tokenizer")
+        return load_tokenizer(source)
+    except LLMShearingError as exc:
+        print(f"warning: {warning(first_line(exc))}", file=sys.stderr, flush=True)
+        return None

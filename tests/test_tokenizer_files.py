@@ -62,3 +62,32 @@ def test_pruning_a_converted_checkpoint_exports_its_tokenizer(converted):
     _, checkpoint = converted
     tokenizer = load_output_tokenizer(SimpleNamespace(tokenizer=None, model=str(checkpoint)))
     assert tokenizer is not None and len(tokenizer) == VOCAB
+
+
+def test_import_and_prune_take_the_source_tokenizer_or_warn_in_one_line(converted, tmp_path, capsys):
+    """`import` and every pruning method load the source's tokenizer through one function, with a
+    warning naming the reason when there is none (the model is still written)."""
+    from llmshearing.prune.cli import load_output_tokenizer
+    from llmshearing.tokenizer_files import load_source_tokenizer
+
+    hf_dir, _ = converted
+    assert len(load_source_tokenizer(hf_dir, lambda reason: f"unused {reason}")) == VOCAB
+    assert len(load_output_tokenizer(SimpleNamespace(tokenizer=None, model=str(hf_dir)))) == VOCAB
+
+    bare = tmp_path / "bare"
+    save_tiny_hf(bare, vocab_size=VOCAB)
+    broken = tmp_path / "broken"
+    save_tiny_hf(broken, vocab_size=VOCAB)
+    (broken / "tokenizer.json").write_text("{not json")
+    for source, reason in ((bare, f"{bare} has no tokenizer"), (broken, f"could not load a tokenizer from {broken}")):
+        capsys.readouterr()
+        assert load_output_tokenizer(SimpleNamespace(tokenizer=None, model=str(source))) is None
+        warning, = capsys.readouterr().err.splitlines()
+        assert warning.startswith(f"warning: exporting without a tokenizer ({reason}")
+        assert warning.endswith("); pass --tokenizer PATH")
+
+        checkpoint = tmp_path / f"{source.name}-ckpt" / "model.pt"
+        code, _, err = run_cli(capsys, "hf-to-composer", source, checkpoint)
+        assert code == 0, err
+        assert any(line.startswith(f"warning: no tokenizer taken from {source}: {reason}") for line in err.splitlines())
+        assert checkpoint.is_file() and not checkpoint_tokenizer_dir(checkpoint).exists()

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from llmshearing.cli.command import CommandParser, command_parser, run_cli
-from llmshearing.convert.messages import first_line
 from llmshearing.devices import torch_dtype
 from llmshearing.errors import CheckpointError
-from llmshearing.tokenizer_files import TOKENIZER_DIR, checkpoint_tokenizer_dir, tokenizer_beside
+from llmshearing.tokenizer_files import (TOKENIZER_DIR, checkpoint_tokenizer_dir, load_source_tokenizer,
+                                         tokenizer_beside)
 
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
 DEFAULT_PROG = "python -m llmshearing.convert"
@@ -48,17 +48,6 @@ def _describe(config) -> str:
 
 
 # ---- tokenizers ---------------------------------------------------------------------------------
-def _tokenizer_from_source(src: Path):
-    """The tokenizer that comes with an HF dir or GGUF file, or None (with a warning)."""
-    from llmshearing.assets import load_tokenizer
-
-    try:
-        return load_tokenizer(src)
-    except Exception as exc:  # noqa: BLE001 - a model without a usable tokenizer still converts
-        _warn(f"no tokenizer taken from {src}: {first_line(exc)}")
-        return None
-
-
 def _tokenizer_for_export(checkpoint: Path, explicit: Optional[str]):
     """--tokenizer PATH, else the tokenizer folder beside the checkpoint, else None (warned)."""
     from llmshearing.assets import load_tokenizer
@@ -83,7 +72,7 @@ def hf_to_composer(src: Path, dst: Path, dtype: str = "float32") -> Path:
     _say(f"reading {detect_format(src)} model {src}")
     model = load_model(src, dtype=torch_dtype(dtype))
     _say(f"model: {_describe(model.config)}")
-    tokenizer = _tokenizer_from_source(src)
+    tokenizer = load_source_tokenizer(src, lambda reason: f"no tokenizer taken from {src}: {reason}")
     _say(f"writing Composer checkpoint {dst}")
     save_composer_checkpoint(model, dst)
     if tokenizer is not None:

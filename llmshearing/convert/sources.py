@@ -6,6 +6,7 @@ file (de-quantised by ``transformers``), or a Composer checkpoint (ours or one t
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -106,14 +107,11 @@ def _hf_dir_config(path: Path) -> LlamaConfig:
     return _our_config(hf_config, path)
 
 
-def _gguf_rope_scaling(path: Path) -> str | None:
+def _gguf_rope_scaling(reader) -> str | None:
     """The RoPE scaling the GGUF holds, which transformers' GGUF reader drops (it builds unscaled RoPE), or None.
 
     llama.cpp writes linear / YaRN / ... scaling as ``{arch}.rope.scaling.*`` metadata and LLaMA 3's as a
     ``rope_freqs.weight`` tensor (Llama 3.1 / 3.2, Gemma 3 4B+ ...)."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(path))
     if any(tensor.name == "rope_freqs.weight" for tensor in reader.tensors):
         return "per-frequency factors in rope_freqs.weight, as LLaMA 3.x has"
     arch = reader.fields["general.architecture"].contents()
@@ -126,14 +124,38 @@ def _gguf_rope_scaling(path: Path) -> str | None:
     return f"{kind}, factor {factor}"
 
 
+@contextmanager
+def _gguf_opened_once(path: Path, reader):
+    """transformers parses the GGUF itself, twice (for the config, then the weights): hand it ``reader``,
+    the one already parsed, instead. It imports ``gguf.GGUFReader`` at each call; should that change, it
+    opens the file itself again, which reads the same."""
+    import gguf
+
+    opener = gguf.GGUFReader
+
+    def parsed(file, *args, **kwargs):
+        if not (args or kwargs) and Path(file).resolve() == path.resolve():
+            return reader
+        return opener(file, *args, **kwargs)
+
+    gguf.GGUFReader = parsed
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = opener
+
+
 def _load_gguf(path: Path, dtype: torch.dtype) -> LlamaForCausalLM:
+    from gguf import GGUFReader
     from transformers import AutoModelForCausalLM
 
     try:
-        rope_scaling = _gguf_rope_scaling(path)
+        reader = GGUFReader(str(path))
+        rope_scaling = _gguf_rope_scaling(reader)
         if rope_scaling is None:
-            hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                            dtype=torch.float32)
+            with _gguf_opened_once(path, reader):
+                hf_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                                dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001 - the GGUF reader raises many types for a damaged file
         raise CheckpointError(f"{path} cannot be read as a GGUF model: {first_line(exc)}") from exc
     if rope_scaling is not None:

@@ -180,12 +180,13 @@ class LlamaConfig:
 
     def to_hf(self):
         """The family's `transformers` config (LlamaConfig, Qwen3Config, ...) describing the same model."""
-        from llmshearing.model.families import hf_config_class, hf_family_values
+        from llmshearing.model.families import export_family, hf_config_class, hf_family_values
 
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("hf", True)}
         values = {k: v for k, v in values.items() if not (k in PER_LAYER_FIELDS and v is None)}
         values.update(hf_rope_values(self.rope_scaling))
-        return hf_config_class(self)(**values, **hf_family_values(self), torch_dtype="float32")
+        family = export_family(self)
+        return hf_config_class(family)(**values, **hf_family_values(self, family), torch_dtype="float32")
 
 
 # per-layer list → the scalar field it refines

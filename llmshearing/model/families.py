@@ -128,9 +128,8 @@ def hidden_multiple_rule(config) -> str:
             f"({config.num_attention_heads}): transformers 5's config class refuses other shapes")
 
 
-def hf_family_values(config) -> dict:
-    """The HF config keys that carry our family fields, for ``export_family(config)``'s config class."""
-    family = export_family(config)
+def hf_family_values(config, family: Family) -> dict:
+    """The HF config keys that carry our family fields, for ``family`` (``export_family(config)``)'s config class."""
     _check_flags(family, config)
     values: dict = {"architectures": [family.architecture], family.activation_key: config.hidden_act}
     if family.model_type in ("llama", "qwen3", "gemma3_text"):
@@ -161,7 +160,7 @@ def _check_flags(family: Family, config) -> None:
         raise ConfigError(f"this model's flags {wrong} do not describe a {family.model_type} model")
 
 
-def hf_config_class(config):
+def hf_config_class(family: Family):
     import transformers
 
-    return getattr(transformers, export_family(config).hf_config_class)
+    return getattr(transformers, family.hf_config_class)

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 from typing import Callable, Optional, Sequence
 
 from llmshearing.cli.command import command_parser, run_cli
 from llmshearing.devices import add_device_argument
-from llmshearing.errors import LLMShearingError, ShapeError
+from llmshearing.errors import ShapeError
 
 # A method module provides add_arguments(parser) and run(args) -> Path (None on the other ranks of a
 # multi-GPU run), and is light to import: torch comes in with run, so --help answers at once.
@@ -59,19 +58,12 @@ def load_output_tokenizer(args: argparse.Namespace):
     """--tokenizer, else the source's own (HF dir, .gguf, beside a Composer checkpoint); None, with a
     warning, when it has none."""
     from llmshearing.assets import load_tokenizer
-    from llmshearing.tokenizer_files import model_tokenizer_path
+    from llmshearing.tokenizer_files import load_source_tokenizer
 
     if args.tokenizer:
         return load_tokenizer(args.tokenizer)
-    source = model_tokenizer_path(args.model)
-    try:
-        if source is None:
-            raise LLMShearingError(f"{args.model} has no tokenizer")
-        return load_tokenizer(source)
-    except LLMShearingError as exc:
-        print(f"warning: exporting without a tokenizer ({str(exc).splitlines()[0]}); pass --tokenizer PATH",
-              file=sys.stderr)
-        return None
+    return load_source_tokenizer(args.model,
+                                 lambda reason: f"exporting without a tokenizer ({reason}); pass --tokenizer PATH")
 
 
 def printing_output(run: Callable[[argparse.Namespace], object]) -> Callable[[argparse.Namespace], None]:

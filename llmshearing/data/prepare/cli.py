@@ -69,8 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proportions", help="domain shares of --train-tokens/--cpt-tokens: 'equal' (default), "
                                               "'redpajama' (the paper's mix) or NAME=W,NAME=W,...")
     parser.add_argument("--eval-pool-fraction", type=float,
-                        help="share of documents drawn for eval (default: sized from the budgets, 1.5x eval's "
-                             "share); raise it for a domain of few, large documents")
+                        help="share of documents drawn for eval (default: 1.5x eval's share of the budgets, "
+                             "grown until eval fills on a domain of up to ~256 MB of few or uneven documents)")
     parser.add_argument("--short-domains", choices=SHORT_DOMAIN_POLICIES, default="error",
                         help="a domain with fewer tokens than asked: stop (default), cap at what it has, or "
                              "repeat its train samples up to the budget")

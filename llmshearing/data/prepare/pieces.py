@@ -103,7 +103,7 @@ def prepare_units(paths: PreparePaths, plan: DomainPlan, units: Sequence[Unit], 
         for unit in todo:
             if all_full():
                 return
-            bad = _bad_records() if skip_bad_records else None
+            bad = new_bad_records() if skip_bad_records else None
             yield ("start", unit, bad), []
             for batch in batches(unit.read(bad), text_of=lambda document: document[1]):
                 yield ("documents", unit, [document_id for document_id, _ in batch]), [text for _, text in batch]
@@ -146,6 +146,7 @@ def _finish_unit(paths: PreparePaths, plan: DomainPlan, unit: Unit, state: dict,
     })
 
 
-def _bad_records():
+def new_bad_records():
+    """A fresh counter of skipped records (--skip-bad-records)."""
     from llmshearing.data.document_files import BadRecords
     return BadRecords()

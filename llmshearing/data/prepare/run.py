@@ -15,12 +15,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from llmshearing.data.prepare.amounts import SHORT_DOMAIN_POLICIES, samples_for
+from llmshearing.data.prepare.eval_pool import SCAN_TOKENS, scan_eval_pool
 from llmshearing.data.prepare.merge import merge_domain
 from llmshearing.data.prepare.pieces import DomainPlan, Progress, prepare_units
-from llmshearing.data.prepare.state import PrepareError, PreparePaths, claim_output, load_options
+from llmshearing.data.prepare.state import (PrepareError, PreparePaths, claim_output, load_options,
+                                           refuse_unusable_output)
 from llmshearing.data.prepare.tokenizing import DocumentEncoder, ParallelEncoder
 from llmshearing.data.prepare.unit_writer import token_columns, token_dtype, write_json_atomically
-from llmshearing.data.prepare.units import Unit, processing_order, split_draw
+from llmshearing.data.prepare.units import MAX_EVAL_FRACTION, Unit, processing_order, split_draw
 
 MANIFEST_FORMAT_VERSION = 2
 Log = Callable[[str], None]
@@ -34,7 +36,9 @@ class DomainInput:
     units: list[Unit]
     description: str = ""
     inputs: list = field(default_factory=list)
-    estimated_tokens: int = 0  # stands in for a train budget of "all" when sizing the eval pool
+    # stands in for a train budget of "all" when sizing the eval pool; a file domain up to
+    # eval_pool.SCAN_TOKENS is read first to size its pool from its documents (0: unknown, not read)
+    estimated_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,13 +82,39 @@ class PrepareSettings:
                                f"got {self.shard_index}")
 
 
-def _plan(domain: DomainInput, budgets: Budgets, settings: PrepareSettings) -> DomainPlan:
+def _plan(domain: DomainInput, budgets: Budgets, settings: PrepareSettings, encoder: DocumentEncoder,
+          log: Log) -> DomainPlan:
     tokens = budgets.of(domain.name)
+    rows = {split: samples_for(amount, settings.seq_len) for split, amount in tokens.items()}
     draw = split_draw(tokens["eval"], tokens["train"], tokens.get("cpt"), domain.estimated_tokens,
                       settings.eval_pool_fraction)
-    rows = {split: samples_for(amount, settings.seq_len) for split, amount in tokens.items()}
+    if settings.eval_pool_fraction is None and 0 < domain.estimated_tokens <= SCAN_TOKENS:
+        fraction = _scanned_eval_fraction(domain, draw.eval_fraction, rows["eval"], settings, encoder, log)
+        if fraction > draw.eval_fraction:
+            draw = split_draw(tokens["eval"], tokens["train"], tokens.get("cpt"), domain.estimated_tokens, fraction)
     return DomainPlan(domain.name, processing_order(domain.units, settings.seed, domain.name), draw, rows,
                       settings.seed)
+
+
+def _scanned_eval_fraction(domain: DomainInput, default: float, eval_rows: int, settings: PrepareSettings,
+                           encoder: DocumentEncoder, log: Log) -> float:
+    """The eval pool a small domain's documents need (``eval_pool.py``): the default when it fills eval."""
+    scan = scan_eval_pool(domain.units, settings.seed, domain.name, encoder, settings.seq_len, eval_rows,
+                          settings.skip_bad_records)
+    if scan.documents == 0:
+        return default  # an empty domain: the merge says so
+    if scan.fraction is None:
+        message = (f"domain '{domain.name}' has too little text for {eval_rows * settings.seq_len:,} eval tokens: "
+                   f"the half of its {scan.documents} documents an eval pool may take holds "
+                   f"{scan.rows * settings.seq_len:,} ({scan.rows} samples)")
+        if settings.short_domains == "error":
+            raise PrepareError(f"{message}; give it more text, lower --eval-tokens, or pass --short-domains cap "
+                               "to use what it has")
+        return MAX_EVAL_FRACTION
+    if scan.fraction > default:
+        log(f"[{domain.name}] eval pool: {scan.fraction:.3g} of the documents (the {default:.3g} sized from the "
+            f"budgets holds too few eval tokens: its {scan.documents} documents are few or uneven)")
+    return scan.fraction
 
 
 def _options(domains: Sequence[DomainInput], plans: Sequence[DomainPlan], encoder: DocumentEncoder,
@@ -112,8 +142,9 @@ def prepare_corpus(out_dir: str | Path, domains: Sequence[DomainInput], tokenize
     if not domains:
         raise PrepareError("no domain given: name them with --domain NAME=PATH or --root DIR")
     paths = PreparePaths(Path(out_dir))
+    refuse_unusable_output(paths, settings.overwrite)  # before the inputs are read to plan
     encoder = DocumentEncoder(tokenizer, token_dtype(len(tokenizer)))
-    plans = [_plan(domain, budgets, settings) for domain in domains]
+    plans = [_plan(domain, budgets, settings, encoder, log) for domain in domains]
     options = _options(domains, plans, encoder, tokenizer_description, settings, reading or {}, budgets)
     claim_output(paths, options, settings.overwrite, log)
     single = settings.num_shards == 1

@@ -46,28 +46,34 @@ class PreparePaths:
         return self.state_dir / "pieces" / f"{index}-of-{count}.json"
 
 
-def claim_output(paths: PreparePaths, options: dict, overwrite: bool, log) -> None:
-    """Make ``out_dir`` ready for a run with ``options``: new, resumed, or (``overwrite``) cleared.
-
-    Refuses, in one line, a finished corpus without ``overwrite``, a run begun with other
-    options without ``overwrite``, and a folder of files this command did not write.
-    """
+def refuse_unusable_output(paths: PreparePaths, overwrite: bool) -> None:
+    """Refuse, in one line, an ``out_dir`` no run may use whatever its options: a file, a finished
+    corpus without ``overwrite``, a folder of files this command did not write (checked before the
+    inputs are read, and again by ``claim_output``)."""
     out = paths.out_dir
     if out.exists() and not out.is_dir():
         raise PrepareError(f"--out {out} is a file; give a folder")
-    has_manifest, has_state = paths.manifest.is_file(), paths.options.is_file()
-    if has_manifest or has_state:
-        if overwrite:
-            _clear(paths)
-            log(f"--overwrite: removed the corpus in {out}")
-        elif has_manifest:
-            raise PrepareError(f"{out} already holds a prepared corpus (manifest.json); pass --overwrite to "
-                               "replace it, or choose another --out")
-        else:
-            _check_same_options(paths, options, log)
-    elif out.is_dir() and any(out.iterdir()):
+    if paths.manifest.is_file() and not overwrite:
+        raise PrepareError(f"{out} already holds a prepared corpus (manifest.json); pass --overwrite to "
+                           "replace it, or choose another --out")
+    if not (paths.manifest.is_file() or paths.options.is_file()) and out.is_dir() and any(out.iterdir()):
         raise PrepareError(f"--out {out} is not empty and holds no corpus prepared by this command; "
                            "choose a new or empty folder (nothing was changed)")
+
+
+def claim_output(paths: PreparePaths, options: dict, overwrite: bool, log) -> None:
+    """Make ``out_dir`` ready for a run with ``options``: new, resumed, or (``overwrite``) cleared.
+
+    Refuses, in one line, what ``refuse_unusable_output`` refuses and a run begun with other
+    options without ``overwrite``.
+    """
+    refuse_unusable_output(paths, overwrite)
+    if paths.manifest.is_file() or paths.options.is_file():
+        if overwrite:
+            _clear(paths)
+            log(f"--overwrite: removed the corpus in {paths.out_dir}")
+        else:
+            _check_same_options(paths, options, log)
     if paths.options.is_file():
         return
     write_json_atomically(paths.options, options)
