@@ -32,6 +32,29 @@ def sample_corpus() -> Path:
     return corpus
 
 
+@pytest.fixture(scope="session")
+def two_rank_train_run(sample_corpus, tmp_path_factory):
+    """One `composer -n 2 -m llmshearing train` run on the CPU (gloo, DDP, one thread a rank): CPT of the
+    tiny yaml with dynamic batch loading for 8 steps, prose's reference loss far below its loss (the
+    weights move to it). Shared by tests/test_cli_main.py (the launcher runs the train command on every
+    rank) and tests/test_dynamic_loading.py (the ranks draw from one mixture): one launch, whose
+    start-up is most of its time. Returns (the CompletedProcess, the save folder)."""
+    import json
+
+    from tests.test_dynamic_loading import TINY, TINY_CPT, refs
+
+    domains = json.loads((sample_corpus / "manifest.json").read_text())["domains"]
+    folder = tmp_path_factory.mktemp("two_rank_train") / "run"
+    composer = Path(sys.executable).parent / "composer"
+    result = subprocess.run(
+        [str(composer), "-n", "2", "-m", "llmshearing", "train", str(TINY), f"data.path={sample_corpus}", *TINY_CPT,
+         "data.num_workers=1", f"save_folder={folder}", "max_duration=8ba", "save_interval=8ba",
+         "dynamic_loading.update_interval=4", f"dynamic_loading.reference_losses={refs(domains, 50.0, prose=1.0)}"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})  # two ranks on two cores
+    return result, folder
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` need CUDA; skip them (with the reason) on CPU-only machines."""
     import torch

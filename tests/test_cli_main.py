@@ -160,18 +160,12 @@ def test_train_command_trains_as_train_py_does(sample_corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_composer_launches_the_train_command_on_each_rank(sample_corpus, tmp_path):
-    import os
-
-    composer = Path(sys.executable).parent / "composer"
-    result = subprocess.run([str(composer), "-n", "2", "-m", "llmshearing", "train", str(TINY_YAML),
-                             f"data.path={sample_corpus}", "max_duration=2ba", "eval_interval=100ba",
-                             f"save_folder={tmp_path / 'run'}"],
-                            cwd=REPO, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # two ranks on two cores
+def test_composer_launches_the_train_command_on_each_rank(two_rank_train_run):
+    """`composer -n 2 -m llmshearing train` (the run in conftest.py, shared with test_dynamic_loading.py)."""
+    result, folder = two_rank_train_run
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert f"run finished; checkpoints in {tmp_path / 'run'}" in result.stdout
-    assert (tmp_path / "run" / "latest-rank0.pt").exists()
+    assert f"run finished; checkpoints in {folder}" in result.stdout
+    assert (folder / "latest-rank0.pt").exists()
 
 
 @pytest.mark.slow

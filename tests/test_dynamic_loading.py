@@ -251,17 +251,12 @@ def test_demo_yamls_read_the_reference_loss_file():
 
 
 @pytest.mark.slow
-def test_two_rank_composer_run_shares_one_mixture(sample_corpus, domains, tmp_path):
-    """`composer -n 2` on CPU (gloo, DDP): per-rank eval shares reduced, one set of weights."""
-    composer = Path(sys.executable).parent / "composer"
-    result = subprocess.run(
-        [str(composer), "-n", "2", "--master_port", str(_free_port()), str(REPO / "train.py"), str(TINY),
-         f"data.path={sample_corpus}", *TINY_CPT, "data.num_workers=1", f"save_folder={tmp_path}",
-         "max_duration=8ba", "save_interval=8ba", "dynamic_loading.update_interval=4",
-         f"dynamic_loading.reference_losses={refs(domains, 50.0, prose=1.0)}"],
-        capture_output=True, text=True, cwd=REPO, timeout=600)
+def test_two_rank_composer_run_shares_one_mixture(two_rank_train_run):
+    """`composer -n 2` on CPU (gloo, DDP): per-rank eval shares reduced, one set of weights (the run in
+    conftest.py, through `llmshearing train`, shared with test_cli_main.py)."""
+    result, folder = two_rank_train_run
     assert result.returncode == 0, result.stderr[-3000:]
-    state = torch.load(tmp_path / "latest-rank0.pt", weights_only=False)["state"]
+    state = torch.load(folder / "latest-rank0.pt", weights_only=False)["state"]
     assert sum(state["dataset_state"]["train"]["drawn"]) == 8 * 4  # global batches: both ranks' shares
     history = state["callbacks"]["DynamicBatchLoading"]
     assert history["history_steps"] == [0, 4, 8] and history["history_weights"][-1][0] > 0.9

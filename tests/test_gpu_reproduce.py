@@ -33,8 +33,9 @@ def test_pack_join_and_reproduce_the_source_row(tmp_path, sample_corpus):
     assert all(sum(f.stat().st_size for f in p.iterdir()) <= 40 * 2**20 + 200 for p in parts)
     assert 'device call 3: carry [' in packed.stdout and "bash benchmarks/gpu/reproduce.sh" in packed.stdout
 
+    # the smallest run: SmolLM2's two evals (curve point, final row) on one 32-token sequence per domain
     run = {"GPU_REPRO_DEVICE": "cpu", "GPU_REPRO_ROWS": "source", "GPU_REPRO_TOKENS": "512",
-           "GPU_REPRO_BATCH": "2", "GPU_REPRO_SEQ_LEN": "128", "GPU_REPRO_EXTRA": "--final-max-tokens 256"}
+           "GPU_REPRO_BATCH": "1", "GPU_REPRO_SEQ_LEN": "32", "GPU_REPRO_EXTRA": "--final-max-tokens 32"}
     hidden = tmp_path / "carry" / "part2.away"
     (tmp_path / "carry" / "part2").rename(hidden)
     missing = script("reproduce.sh", tmp_path, **run)

@@ -6,6 +6,10 @@ loss); they differ only in the float32 order of the reductions (~1e-7 relative),
 steps amplify to ~2e-6 (observed). We allow 1e-4, relative for losses and absolute for masks/λ.
 Across ranks the replicated values must be bit-identical: every rank applies the same all-reduced
 gradient to the same broadcast start.
+
+The two-rank trainings (DDP, FSDP1, FSDP2 for each kind, and pruning with per-rank masks) run one
+after another in one `composer -n 2` launch (tests/multiprocess_probe.py --runs), their one-process
+references in one more, the FSDP resumptions in a third: a tiny run's time is mostly start-up.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import pytest
 import torch
 
 from llmshearing.composer.distributed import ReplicaSync
-from tests.multiprocess_probe import launch
+from tests.multiprocess_probe import launch, launch_runs
 from tests.test_distillation import KD_YAML, teacher_and_student  # noqa: F401  (fixture)
 from tests.test_dynamic_loading import REPO, TINY, _free_port
 
@@ -42,20 +46,49 @@ FSDP = ["model.gradient_checkpointing=false", "fsdp={sharding_strategy: FULL_SHA
 CPU_RANKS = {"OMP_NUM_THREADS": "1"}  # two ranks on two cores: one thread each (else 4-5x slower)
 
 
+STRATEGIES = {"ddp": ([], {}), "fsdp": (FSDP, {"FSDP_VERSION": "1"}), "fsdp2": (FSDP, {"FSDP_VERSION": "2"})}
+# the prune runs under FSDP also save (full state dict, every 2 batches): they are the uninterrupted runs
+# the FSDP checkpoint test resumes from (saving changes nothing in the training they are compared on)
+CHECKPOINTED = ["save_interval=2ba"]
+
+
+@pytest.fixture(scope="module")
+def runs(sample_corpus, teacher_and_student, tmp_path_factory):  # noqa: F811
+    """Every training the "train like one" and FSDP checkpoint tests compare, in two launches: the
+    three kinds in one process, then their DDP / FSDP1 / FSDP2 runs one after another on two ranks
+    (each run its own Trainer, seeds and loaders; one start-up of the launcher, Python, torch and
+    Composer for all, which is most of a tiny run's time)."""
+    root = tmp_path_factory.mktemp("runs")
+    single, multi = [], []
+    for kind in RUNS:
+        yaml, overrides = run_overrides(kind, sample_corpus, teacher_and_student)
+        single.append({"out": root / "one" / kind, "config": yaml, "overrides": overrides})
+        for strategy, (extra, env) in STRATEGIES.items():
+            saving = [f"save_folder={root / 'saved' / strategy}", *CHECKPOINTED] if kind == "prune" and extra else []
+            multi.append({"out": root / strategy / kind, "config": yaml, "overrides": [*overrides, *extra, *saving],
+                          "env": env})
+    # the prune DDP run again with pruning.per_rank_masks (the per-rank mask test)
+    _, overrides = run_overrides("prune", sample_corpus, teacher_and_student)
+    multi.append({"out": root / "ddp" / "per_rank_masks", "config": TINY,
+                  "overrides": [*overrides, "pruning.per_rank_masks=true"]})
+    records = {("one", kind): ranks for kind, ranks in zip(RUNS, launch_runs(single, processes=1))}
+    records.update(zip([*((strategy, kind) for kind in RUNS for strategy in STRATEGIES), ("ddp", "per_rank_masks")],
+                       launch_runs(multi, processes=2, env=CPU_RANKS)))
+    return root, records
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["prune", "cpt", "kd"])
-def test_two_processes_train_like_one_with_the_same_global_batch(kind, sample_corpus, teacher_and_student,  # noqa: F811
-                                                                 tmp_path):
+def test_two_processes_train_like_one_with_the_same_global_batch(kind, runs):
     """DDP and FSDP (FULL_SHARD, per-layer units, activation checkpointing) on two CPU processes."""
-    yaml, overrides = run_overrides(kind, sample_corpus, teacher_and_student)
-    (single,) = launch(tmp_path / "one", yaml, overrides, processes=1)
-    ddp = launch(tmp_path / "ddp", yaml, overrides, processes=2, env=CPU_RANKS)
-    fsdp = launch(tmp_path / "fsdp", yaml, [*overrides, *FSDP], processes=2, env=CPU_RANKS)
-    fsdp2 = launch(tmp_path / "fsdp2", yaml, [*overrides, *FSDP], processes=2, env={**CPU_RANKS, "FSDP_VERSION": "2"})
+    _, records = runs
+    (single,) = records["one", kind]
+    ddp, fsdp, fsdp2 = (records[strategy, kind] for strategy in STRATEGIES)
     expected = {"prune": "l0.lambda_1.hidden", "cpt": None, "kd": "distill_projection.maps.0.weight"}[kind]
     layers = 3 if kind == "kd" else 4
     assert fsdp[0]["fsdp_units"] == {"student": layers + 1, "teacher": 5 if kind == "kd" else 0}  # root + layers
     assert fsdp2[0]["fsdp_units"] == fsdp[0]["fsdp_units"]  # FSDP2 student, FSDP1 teacher
+    assert [run[0]["fsdp2"] for run in (ddp, fsdp, fsdp2)] == [False, False, True]  # each run's FSDP_VERSION
     assert ddp[0]["fsdp_units"] == {"student": 0, "teacher": 0}
     if kind == "kd":  # under FSDP only rank 0 reads the teacher; the others get its weights by broadcast
         assert [r["read_teacher_files"] for r in ddp + fsdp] == [True, True, True, False]
@@ -75,8 +108,37 @@ def test_two_processes_train_like_one_with_the_same_global_batch(kind, sample_co
 
 
 @pytest.mark.slow
+def test_each_rank_samples_its_own_masks_only_with_per_rank_masks(runs):
+    """pruning.per_rank_masks on two CPU ranks (DDP): each rank samples its own L0 masks, or all the same."""
+    _, records = runs
+    shared, own = records["ddp", "prune"], records["ddp", "per_rank_masks"]
+    for run in (shared, own):
+        assert [len(rank["masks"]) for rank in run] == [4, 4] and len(run[0]["losses"]) == 4
+        assert all(value == value for step in run[0]["losses"] for value in step.values())  # no NaN
+        # DDP still keeps log_alpha and λ identical on the ranks
+        assert run[0]["replicated"] == run[1]["replicated"] and "l0.gates.hidden.log_alpha" in run[0]["replicated"]
+    assert shared[0]["masks"] == shared[1]["masks"]
+    assert all(a != b for a, b in zip(own[0]["masks"], own[1]["masks"]))
+    # rank 0 keeps the shared stream: the same first sample (later ones differ with log_alpha)
+    assert own[0]["masks"][0] == shared[0]["masks"][0]
+
+
+@pytest.fixture(scope="module")
+def resumed(runs, sample_corpus):
+    """The prune FSDP1 / FSDP2 runs resumed from their batch-2 checkpoints, in a new launch (fresh
+    processes: nothing but the checkpoint carries the state over), both versions one after another."""
+    root, _ = runs
+    _, overrides = run_overrides("prune", sample_corpus, None)
+    plan = [{"out": root / "resumed" / strategy, "config": TINY,
+             "overrides": [*overrides, *FSDP, *CHECKPOINTED, f"save_folder={root / 'resaved' / strategy}",
+                           f"load_path={root / 'saved' / strategy / 'ep0-ba2-rank0.pt'}"],
+             "env": STRATEGIES[strategy][1]} for strategy in ("fsdp", "fsdp2")]
+    return dict(zip(("fsdp", "fsdp2"), launch_runs(plan, processes=2, env=CPU_RANKS)))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["1", "2"])
-def test_an_fsdp_checkpoint_holds_whole_tensors_resumes_exactly_and_exports(sample_corpus, tmp_path, version):
+def test_an_fsdp_checkpoint_holds_whole_tensors_resumes_exactly_and_exports(runs, resumed, tmp_path, version):
     """FULL_SHARD with a full state dict: FSDP units (the layers) and the L0 module kept out of
     FSDP are saved whole by rank 0, loaded back into shards and replicas, and sliced by convert."""
     from transformers import AutoModelForCausalLM
@@ -84,16 +146,12 @@ def test_an_fsdp_checkpoint_holds_whole_tensors_resumes_exactly_and_exports(samp
     from llmshearing.convert.cli import main as convert_main
     from tests.test_resume import assert_identical, training_state
 
-    run = [f"data.path={sample_corpus}", *FSDP, "max_duration=4ba", "save_interval=2ba", "eval_interval=100ba",
-           "console_log_interval=100ba"]
-    env = {**CPU_RANKS, "FSDP_VERSION": version}
-    whole = launch(tmp_path / "whole", TINY, [*run, f"save_folder={tmp_path / 'a'}"], processes=2, env=env)
-    resumed = launch(tmp_path / "resumed", TINY, [*run, f"save_folder={tmp_path / 'b'}",
-                                                   f"load_path={tmp_path / 'a' / 'ep0-ba2-rank0.pt'}"],
-                     processes=2, env=env)
-    assert resumed[0]["losses"] == whole[0]["losses"][2:] and resumed[0]["replicated"] == whole[0]["replicated"]
-    final = tmp_path / "a" / "ep0-ba4-rank0.pt"
-    assert_identical(training_state(tmp_path / "b" / "ep0-ba4-rank0.pt"), training_state(final))
+    strategy = {"1": "fsdp", "2": "fsdp2"}[version]
+    root, records = runs
+    whole, again = records[strategy, "prune"], resumed[strategy]
+    assert again[0]["losses"] == whole[0]["losses"][2:] and again[0]["replicated"] == whole[0]["replicated"]
+    final = root / "saved" / strategy / "ep0-ba4-rank0.pt"
+    assert_identical(training_state(root / "resaved" / strategy / "ep0-ba4-rank0.pt"), training_state(final))
     model_state = torch.load(final, map_location="cpu", weights_only=False)["state"]["model"]
     assert model_state["model.model.layers.0.mlp.up_proj.weight"].shape == (96, 48)  # whole, not a shard
     assert model_state["l0.gates.intermediate.log_alpha"].numel() == 4 * 96
