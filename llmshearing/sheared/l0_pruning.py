@@ -33,6 +33,7 @@ from llmshearing.errors import ConfigError
 from llmshearing.plan import PLAN_FILE
 from llmshearing.shape import TargetShape
 from llmshearing.sheared.l0_module import L0Module
+from llmshearing.sheared.warm_start import DEFAULT_SPREAD, load_importance, warm_start
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class L0Pruning(Algorithm):
         block_masks: bool = False,
         per_rank_masks: bool = False,
         warm_start: Optional[str] = None,
-        warm_start_spread: float = 4.0,
+        warm_start_spread: float = DEFAULT_SPREAD,
         plan_folder: Union[str, RunArtifacts, None] = None,
     ):
         self.target = dict(target)
@@ -106,8 +107,6 @@ class L0Pruning(Algorithm):
         if self.per_rank_masks:  # ... unless each rank samples its own
             l0.noise.stream = dist.get_global_rank()
         if self.warm_start:  # every rank reads the same file: the replicas start equal; a resume loads over it
-            from llmshearing.sheared.warm_start import load_importance, warm_start
-
             warm_start(l0, load_importance(self.warm_start), self.warm_start_spread)
             log.info("L0 masks warm-started from the importance in %s (spread %g)", self.warm_start,
                      self.warm_start_spread)
