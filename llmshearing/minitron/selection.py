@@ -37,12 +37,18 @@ def select_layers(scores: torch.Tensor, keep: int, selection: str = "top") -> Li
     return [i for i in range(len(scores)) if not start <= i < start + drop]
 
 
+def kv_group_scores(head_scores: torch.Tensor, source_groups: int, per_group: int) -> torch.Tensor:
+    """[..., n_heads] -> [..., n_kv]: a KV group's score is the summed scores of the ``per_group`` best
+    query heads it would keep."""
+    groups = head_scores.float().unflatten(-1, (-1, source_groups))
+    return torch.sort(groups, dim=-1, descending=True).values[..., :per_group].sum(dim=-1)
+
+
 def select_heads(head_scores: torch.Tensor, source_groups: int, kv_heads: int,
                  per_group: int) -> Tuple[List[int], List[int]]:
     """(kept KV heads, kept query heads ordered by kept group) for one layer."""
     groups = head_scores.float().view(-1, source_groups)
-    best_inside = torch.sort(groups, dim=1, descending=True).values[:, :per_group]
-    kept_groups = top_indices(best_inside.sum(dim=1), kv_heads)
+    kept_groups = top_indices(kv_group_scores(head_scores, source_groups, per_group), kv_heads)
     heads = [g * source_groups + h for g in kept_groups for h in top_indices(groups[g], per_group)]
     return kept_groups, heads
 

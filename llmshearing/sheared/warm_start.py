@@ -24,6 +24,7 @@ import torch
 
 from llmshearing.errors import ConfigError
 from llmshearing.minitron.importance import Importance
+from llmshearing.minitron.selection import kv_group_scores
 from llmshearing.sheared.l0_module import L0Module
 
 DEFAULT_SPREAD = 4.0
@@ -34,11 +35,10 @@ def gate_scores(importance: Importance, l0: L0Module) -> Dict[str, torch.Tensor]
     """Importance scores in the shape of each of ``l0``'s sized gates (layer, kv_group, head, ...)."""
     source = l0.source
     heads = importance.heads.view(source.num_hidden_layers, source.num_key_value_heads, source.query_groups)
-    best_heads = heads.sort(dim=-1, descending=True).values[..., :l0.target.query_groups]
     scores = {
         "intermediate": importance.neurons,
         "hidden": importance.hidden,
-        "kv_group": best_heads.sum(-1),
+        "kv_group": kv_group_scores(importance.heads, source.query_groups, l0.target.query_groups),
         "head": heads,  # ranked within each KV group
     }
     if "layer" in l0.structures:
