@@ -105,6 +105,56 @@ def test_soft_values_and_clamp():
     assert gate.keep_probability().requires_grad
 
 
+def test_keep_score_counts_a_gate_at_the_floor_as_shut_and_at_the_top_as_open():
+    low, high = math.log(0.01), math.log(100.0)
+    gate = HardConcrete((5,), init_std=0.0)
+    with torch.no_grad():
+        gate.log_alpha.copy_(torch.tensor([-9.0, low, 0.0, high, 9.0]))
+    score = gate.keep_score()
+    assert score[[0, 1]].tolist() == [0.0, 0.0] and score[[3, 4]].tolist() == [1.0, 1.0]
+    assert 0.0 < score[2].item() < 1.0
+    # the reference's P(gate > 0) never reaches 0: a shut gate still counts ~0.047
+    assert gate.keep_probability()[1].item() == pytest.approx(0.0474, abs=1e-3)
+    score.sum().backward()
+    assert (gate.log_alpha.grad > 0).all()  # gates at the bounds still feel the Lagrangian
+
+
+def test_masks_that_keep_exactly_the_target_meet_it_only_with_the_normalized_scores():
+    """A quarter of the neurons at the top of the range, the rest at the floor: the target met. The
+    reference's score counts the shut three quarters at 0.047 each, so its Lagrangian would go on
+    shutting: the gap is what pulls kept gates half shut at high prune ratios."""
+    source = gqa_config()
+    target = shape(23, 6, 2, 4, 9)  # 37 -> 9 neurons per layer
+    for normalized, gap in [(True, 0.0), (False, (1 - 9 / 37) * 0.0474)]:
+        l0 = L0Module(source, target, normalized_keep_scores=normalized)
+        with torch.no_grad():
+            keep = torch.arange(37) < 9
+            l0.gates["intermediate"].log_alpha.copy_(torch.where(keep, math.log(100.0), math.log(0.01)).expand(4, -1))
+        assert l0.expected_sizes()["intermediate"].item() - 9 / 37 == pytest.approx(gap, abs=1e-3)
+
+
+@pytest.mark.parametrize("normalized", [True, False])
+def test_learned_masks_keep_no_shut_gate_with_the_normalized_scores(normalized):
+    """A loss that each open neuron lowers by its own amount, plus the Lagrangian at 24 % of the
+    neurons, the default learning rates (1.0): with the reference's score the masks end on target
+    with kept gates shut (the plan keeps them at scale ~0.004); with the normalized score none."""
+    torch.manual_seed(0)
+    l0 = L0Module(gqa_config(), shape(23, 6, 2, 4, 9), normalized_keep_scores=normalized).train()
+    value = torch.rand(4, 37) + 0.5
+    optimizer = torch.optim.Adam([{"params": l0.mask_parameters()}, {"params": l0.lagrangian_parameters()}], lr=1.0)
+    for step in range(400):
+        loss = -(value * l0()["intermediate_z"]).mean() + l0.lagrangian(step)[0]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        l0.clamp_()
+    [report] = l0.make_plan().metadata["mask_convergence"]
+    assert report["expected_fraction"] == pytest.approx(9 / 37, abs=0.01)
+    assert (report["kept_while_shut"] == 0) == normalized
+    if not normalized:
+        assert report["kept_while_shut"] >= 4
+
+
 def test_masks_are_sampled_from_log_alpha_inside_its_range():
     """init_mean 5 is above log(100): the gates start at the bound; values loaded (or set) outside
     the range are clamped before masks are sampled from them. Deterministic masks and the plan read
@@ -441,6 +491,20 @@ def test_masks_that_reached_the_target_give_no_warning():
     assert all(entry.cut_while_open == 0 and entry.cut > 0 for entry in report)
     assert all(entry.expected_fraction == pytest.approx(entry.target_fraction, abs=1e-3) for entry in report)
     assert l0.make_plan().warning() is None
+
+
+def test_masks_that_shut_more_than_the_target_are_reported_with_the_kept_shut_units():
+    source = gqa_config()
+    l0 = L0Module(source, GQA_ALL_PRUNED)
+    set_binary_gates(l0)
+    with torch.no_grad():
+        l0.gates["intermediate"].log_alpha[:, :] = -BIG  # every neuron shut; the plan still keeps 21 per layer
+    report = {entry["structure"]: entry for entry in l0.make_plan().metadata["mask_convergence"]}
+    assert report["intermediate"]["kept_while_shut"] == source.num_hidden_layers * 21
+    assert report["head"]["kept_while_shut"] == 0
+    warning = l0.make_plan().warning()
+    assert warning.startswith("the masks shut more than the target when pruning ended: intermediate at 0.00")
+    assert "lower pruning.lag_lr" in warning
 
 
 def test_the_quadratic_term_pulls_each_layer_to_the_target_not_only_their_mean():

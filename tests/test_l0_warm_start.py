@@ -36,12 +36,13 @@ def test_rank_offsets_put_the_cut_at_zero_rank_ties_by_index_and_leave_nan_alone
     assert (kept > 0).all() and (offsets[0, [0, 2]] < 0).all()  # the two a keep of 0.4 of 5 takes are above
 
 
-@pytest.mark.parametrize("init_mean", [2.0, 5.0])  # 5.0 starts clamped at the range's top (log 100)
+# the defaults, and the first measured setting (centre at the initial log_alpha, clamped to log 100)
+@pytest.mark.parametrize("spread,centre", [(40.0, -1.6), (4.0, 4.6)])
 @pytest.mark.parametrize("target", TARGETS.values(), ids=TARGETS.keys())
-def test_warm_started_masks_select_exactly_what_minitron_selects(target, init_mean):
+def test_warm_started_masks_select_exactly_what_minitron_selects(target, spread, centre):
     importance = Importance.random(SOURCE, seed=4)
-    l0 = L0Module(SOURCE, target, init_mean=init_mean, init_std=0.01)
-    warm_start(l0, importance, spread=4.0)
+    l0 = L0Module(SOURCE, target, init_mean=5.0, init_std=0.01)
+    warm_start(l0, importance, spread=spread, centre=centre)
     ours, minitron = l0.eval().make_plan(), build_plan(importance, target)
     assert ours.kept_hidden == minitron.kept_hidden
     assert [layer.source_index for layer in ours.layers] == [layer.source_index for layer in minitron.layers]
@@ -52,6 +53,25 @@ def test_warm_started_masks_select_exactly_what_minitron_selects(target, init_me
     low, high = l0.gates["intermediate"].log_alpha_range
     for gate in l0.gates.values():
         assert gate.log_alpha.min() >= low and gate.log_alpha.max() <= high
+
+
+@pytest.mark.parametrize("target", TARGETS.values(), ids=TARGETS.keys())
+def test_by_default_the_warm_started_masked_model_starts_as_the_one_shot_slice(target):
+    """Expected sizes at the target from step 0; every kept unit but those ranked next to the cut at
+    the top of the range (scale ~1 in the plan), every cut one but those at the bottom."""
+    l0 = L0Module(SOURCE, target)
+    warm_start(l0, Importance.random(SOURCE, seed=4))
+    for name, value in l0.expected_sizes().items():
+        assert value.item() == pytest.approx(l0.final_fraction(name), abs=0.05), name
+    l0.anchor_ramp()
+    l0.lagrangian_warmup_steps = 10
+    # the ramp starts where the masks are, or at the target if they start below it
+    starts = {n: max(v.item(), l0.final_fraction(n)) for n, v in l0.expected_sizes().items()}
+    assert l0.target_fractions(0) == pytest.approx(starts)
+    plan = l0.make_plan()
+    neuron_scales = torch.tensor([s for layer in plan.layers for s in layer.neuron_scale])
+    assert (neuron_scales > 0.99).float().mean() > 0.7  # rows of 37: the ones next to the cut are many
+    assert all(entry["kept_while_shut"] == 0 for entry in plan.metadata["mask_convergence"])
 
 
 def test_without_warm_start_the_selection_is_not_minitrons():

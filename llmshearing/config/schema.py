@@ -65,9 +65,13 @@ class PruningSection:
     block_masks: bool = False
     per_rank_masks: bool = False  # each rank samples its own masks (reference); false: all ranks the same
     # a Minitron importance.json (or the `prune minitron` output dir holding it): the gates start ordered
-    # by it, the one-shot selection above the initial log_alpha, the rest below (sheared/warm_start.py)
+    # by it, the one-shot selection above warm_start_centre, the rest below (sheared/warm_start.py)
     warm_start: Optional[str] = None
-    warm_start_spread: float = 4.0  # log_alpha distance between a row's most and least important unit
+    warm_start_spread: float = 40.0  # log_alpha distance between a row's most and least important unit
+    warm_start_centre: float = -1.6  # log_alpha at the cut (-1.6: a gate open half the time)
+    # expected sizes count a gate at the log_alpha floor as shut (true), or as the reference does, at
+    # P(gate > 0) = 0.047 (false), which leaves kept gates half shut at high prune ratios (HardConcrete.keep_score)
+    normalized_keep_scores: bool = True
 
 
 @dataclass

@@ -16,6 +16,15 @@ SOFT_VALUE_SHARPNESS = 0.8
 DEFAULT_LOG_ALPHA_RANGE = (math.log(0.01), math.log(100.0))
 
 
+def keep_probability_at(log_alpha: torch.Tensor) -> torch.Tensor:
+    """P(gate > 0) of a gate with this ``log_alpha``."""
+    return 1.0 - torch.sigmoid(TEMPERATURE * math.log(-STRETCH_LOW / STRETCH_HIGH) - log_alpha)
+
+
+# log_alpha at which a gate is open (> 0) half the time
+HALF_OPEN_LOG_ALPHA = TEMPERATURE * math.log(-STRETCH_LOW / STRETCH_HIGH)
+
+
 class HardConcrete(nn.Module):
     """One gate per element of a mask tensor of ``shape``, parameterised by ``log_alpha``."""
 
@@ -45,8 +54,22 @@ class HardConcrete(nn.Module):
         return (s * (STRETCH_HIGH - STRETCH_LOW) + STRETCH_LOW).clamp(0.0, 1.0)
 
     def keep_probability(self) -> torch.Tensor:
-        """P(gate > 0): the differentiable expected-size score of each unit."""
-        return 1.0 - torch.sigmoid(TEMPERATURE * math.log(-STRETCH_LOW / STRETCH_HIGH) - self.log_alpha)
+        """P(gate > 0): the differentiable expected-size score of each unit (the reference's)."""
+        return keep_probability_at(self.log_alpha)
+
+    def keep_score(self) -> torch.Tensor:
+        """P(gate > 0) rescaled over the clamp range: 0 at its lower bound, 1 at its upper.
+
+        The clamp floors P(gate > 0) at ~0.047 (log_alpha = log 0.01), so a gate cannot count as
+        shut in the reference's expected size: at a 25 % keep target the 75 % of units to cut add
+        0.036 even when shut, and the Lagrangian meets the target only by pulling kept gates half
+        shut, which the plan then keeps at scales down to 0.004 (issue 16). Rescaled, a gate at the
+        floor counts 0, as the slice counts it."""
+        low, high = (keep_probability_at(torch.tensor(bound)) for bound in self.log_alpha_range)
+        # log_alpha beyond the range (set by hand, before the next clamp_) counts as the bound; the
+        # gradient passes straight through, as a clamp would stop it at the bounds, where gates sit
+        in_range = self.log_alpha.detach().clamp(*self.log_alpha_range) + (self.log_alpha - self.log_alpha.detach())
+        return (keep_probability_at(in_range) - low) / (high - low)
 
     def soft_values(self) -> torch.Tensor:
         """The value a kept unit gets in the deterministic mask."""

@@ -116,6 +116,7 @@ class L0Module(nn.Module):
         block_masks: bool = False,
         lagrangian_warmup_steps: int = 0,
         log_alpha_range: Tuple[float, float] = DEFAULT_LOG_ALPHA_RANGE,
+        normalized_keep_scores: bool = True,
         seed: int = 0,
     ):
         super().__init__()
@@ -125,6 +126,9 @@ class L0Module(nn.Module):
         self.source = source
         self.target = target
         self.lagrangian_warmup_steps = int(lagrangian_warmup_steps)
+        # True: a gate at the clamp's floor counts as shut in the expected sizes (HardConcrete.keep_score);
+        # False: the reference's P(gate > 0), which keeps ~0.047 of every shut gate
+        self.normalized_keep_scores = bool(normalized_keep_scores)
         n_layers = source.num_hidden_layers
         self.gate_shapes: Dict[str, Tuple[int, ...]] = {
             "layer": (n_layers,),
@@ -148,6 +152,8 @@ class L0Module(nn.Module):
         self.gates = nn.ModuleDict({name: make_gate(self.gate_shapes[name]) for name in gate_names})
         self.lambda_1 = nn.ParameterDict({name: nn.Parameter(torch.zeros(())) for name in self.structures})
         self.lambda_2 = nn.ParameterDict({name: nn.Parameter(torch.zeros(())) for name in self.structures})
+        # where the target warm-up starts: the full source, or the masks' own expected sizes (anchor_ramp)
+        self.ramp_start: Dict[str, float] = {name: 1.0 for name in self.structures}
         # follows .to(device) even when nothing is pruned and the module has no parameters
         self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
         self.noise = NoiseStream(seed)
@@ -281,15 +287,16 @@ class L0Module(nn.Module):
         """Differentiable expected fraction of the source kept, per pruned structure."""
         return {name: rows.mean() for name, rows in self.expected_row_fractions().items()}
 
-    def keep_probabilities(self) -> Dict[str, torch.Tensor]:
-        """P(gate > 0) of every unit of every gate (ones where a structure is not pruned)."""
-        return self._per_gate(HardConcrete.keep_probability)
+    def keep_scores(self) -> Dict[str, torch.Tensor]:
+        """How much every unit of every gate counts in the expected sizes (ones where a structure is
+        not pruned): P(gate > 0), rescaled over the clamp range unless ``normalized_keep_scores`` is off."""
+        return self._per_gate(HardConcrete.keep_score if self.normalized_keep_scores else HardConcrete.keep_probability)
 
     def expected_row_fractions(self) -> Dict[str, torch.Tensor]:
         """Expected kept fraction per row of each pruned structure: per layer for the structures the
         plan cuts to the same count in every layer (KV groups, query heads, neurons), one value for
         layers and hidden channels. Their mean over the rows is :meth:`expected_sizes`."""
-        scores = self.keep_probabilities()
+        scores = self.keep_scores()
         rows = {
             "layer": scores["layer"].mean().reshape(1),
             "kv_group": scores["kv_group"].mean(1),
@@ -300,16 +307,24 @@ class L0Module(nn.Module):
         return {name: rows[name] for name in self.structures}
 
     def target_fractions(self, step: Optional[int] = None) -> Dict[str, float]:
-        """Target kept fraction per pruned structure: final, or warmed up from 1.0 at ``step``."""
+        """Target kept fraction per pruned structure: final, or at ``step`` of the warm-up, a linear
+        ramp from ``ramp_start`` (1.0, the whole source, unless :meth:`anchor_ramp` moved it)."""
         final = {name: self.final_fraction(name) for name in self.structures}
         if step is None or self.lagrangian_warmup_steps == 0:
             return final
         progress = min(max(step, 0) / self.lagrangian_warmup_steps, 1.0)
-        return {name: 1.0 - (1.0 - fraction) * progress for name, fraction in final.items()}
+        return {name: start - (start - final[name]) * progress for name, start in self.ramp_start.items()}
+
+    @torch.no_grad()
+    def anchor_ramp(self) -> None:
+        """Start the target warm-up at the masks' current expected sizes: after a warm start, a ramp
+        from the whole source would push the gates the warm start shut open again."""
+        self.ramp_start = {name: max(float(value), self.final_fraction(name))
+                           for name, value in self.expected_sizes().items()}
 
     def expected_parameters(self) -> torch.Tensor:
         """Differentiable expected parameter count (float64); exact when all scores are 0 or 1."""
-        scores = {name: s.double() for name, s in self.keep_probabilities().items()}
+        scores = {name: s.double() for name, s in self.keep_scores().items()}
         layer = scores["layer"]
         expected_layers = layer.sum()
         # count_parameters is (layers × per-layer size) with per-layer size linear in the head,

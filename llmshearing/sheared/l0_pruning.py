@@ -33,7 +33,7 @@ from llmshearing.errors import ConfigError
 from llmshearing.plan import PLAN_FILE
 from llmshearing.shape import TargetShape
 from llmshearing.sheared.l0_module import L0Module
-from llmshearing.sheared.warm_start import DEFAULT_SPREAD, load_importance, warm_start
+from llmshearing.sheared.warm_start import DEFAULT_CENTRE, DEFAULT_SPREAD, load_importance, warm_start
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ class L0Pruning(Algorithm):
         per_rank_masks: bool = False,
         warm_start: Optional[str] = None,
         warm_start_spread: float = DEFAULT_SPREAD,
+        warm_start_centre: float = DEFAULT_CENTRE,
+        normalized_keep_scores: bool = True,
         plan_folder: Union[str, RunArtifacts, None] = None,
     ):
         self.target = dict(target)
@@ -64,6 +66,8 @@ class L0Pruning(Algorithm):
         self.per_rank_masks = per_rank_masks
         self.warm_start = warm_start
         self.warm_start_spread = warm_start_spread
+        self.warm_start_centre = warm_start_centre
+        self.normalized_keep_scores = normalized_keep_scores
         self.plan_folder = as_run_artifacts(plan_folder)
         self.last_details: dict = {}
         self._sync: Optional[ReplicaSync] = None
@@ -102,14 +106,16 @@ class L0Pruning(Algorithm):
             init_mean=self.init_mean,
             init_std=self.init_std,
             block_masks=self.block_masks,
+            normalized_keep_scores=self.normalized_keep_scores,
             seed=state.rank_zero_seed,  # the same mask samples on every rank ...
         )
         if self.per_rank_masks:  # ... unless each rank samples its own
             l0.noise.stream = dist.get_global_rank()
         if self.warm_start:  # every rank reads the same file: the replicas start equal; a resume loads over it
-            warm_start(l0, load_importance(self.warm_start), self.warm_start_spread)
-            log.info("L0 masks warm-started from the importance in %s (spread %g)", self.warm_start,
-                     self.warm_start_spread)
+            warm_start(l0, load_importance(self.warm_start), self.warm_start_spread, self.warm_start_centre)
+            l0.anchor_ramp()
+            log.info("L0 masks warm-started from the importance in %s (spread %g, centre %g)", self.warm_start,
+                     self.warm_start_spread, self.warm_start_centre)
         l0 = attach_replicated(state, "l0", l0)
         if not state.optimizers:
             raise ConfigError("L0Pruning needs an optimizer passed to the Trainer")

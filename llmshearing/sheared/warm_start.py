@@ -4,12 +4,16 @@ The hard-concrete gates normally start equal (log_alpha ≈ init_mean), so the f
 stage choose among units at random under the Lagrangian's pressure. A warm start orders each gate
 row by Minitron's activation importance (``importance.json`` of ``llmshearing prune minitron``):
 
-    log_alpha = mean initial log_alpha + spread · (q − (1 − keep))
+    log_alpha = centre + spread · (q − (1 − keep))        (then clamped to the gates' range)
 
 with q ∈ [0, 1] the unit's rank within its row (1 = most important) and keep the fraction of the row
-the target keeps, so the units a one-shot cut would keep start above the initial value and the ones
-it would cut below, the boundary at the initial value; the deterministic masks at step 0 are then
-exactly the one-shot selection. Ranks, not the raw scores, because the scores of different
+the target keeps, so the units a one-shot cut would keep start above the centre and the ones it would
+cut below; the deterministic masks at step 0 are then exactly the one-shot selection. The defaults
+(centre −1.6, where a gate is open half the time; spread 40) put all but the units ranked near the
+cut at the clamp's bounds: the masked model starts as the one-shot slice and its expected sizes at
+the target, and learning refines the selection near the cut. (The first measured warm start,
+centre = the initial log_alpha 4.6 and spread 4, left every cut unit open, and the target ramp from
+the whole source pulled them further open: docs/RESULTS.md, 2026-12-07.) Ranks, not the raw scores, because the scores of different
 structures are not on one scale. Rows are what the plan selects within: per layer for neurons, per
 layer for KV groups (the summed scores of the query heads the target keeps in each, as Minitron
 selects them), per KV group for query heads, the whole model
@@ -25,9 +29,11 @@ import torch
 from llmshearing.errors import ConfigError
 from llmshearing.minitron.importance import Importance
 from llmshearing.minitron.selection import kv_group_scores
+from llmshearing.sheared.hard_concrete import HALF_OPEN_LOG_ALPHA
 from llmshearing.sheared.l0_module import L0Module
 
-DEFAULT_SPREAD = 4.0
+DEFAULT_SPREAD = 40.0
+DEFAULT_CENTRE = HALF_OPEN_LOG_ALPHA
 DEPTH_METRIC = "block_importance"
 
 
@@ -58,16 +64,15 @@ def rank_offsets(scores: torch.Tensor, keep: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def warm_start(l0: L0Module, importance: Importance, spread: float = DEFAULT_SPREAD) -> None:
-    """Set every sized gate's log_alpha by ``spread`` × its rank offset (see the module docstring)."""
+def warm_start(l0: L0Module, importance: Importance, spread: float = DEFAULT_SPREAD,
+               centre: float = DEFAULT_CENTRE) -> None:
+    """Set every sized gate's log_alpha to ``centre`` + ``spread`` × its rank offset (the module docstring)."""
     importance.check_source(l0.source)
     for name, scores in gate_scores(importance, l0).items():
         log_alpha = l0.gates[name].log_alpha
-        # from the mean, not each unit's noisy initial value: the init noise (init_std) would reorder
-        # neighbouring ranks, whose offsets differ by only spread / row length
         offsets = rank_offsets(scores.float(), _keep_fraction(l0, name)).reshape(log_alpha.shape)
         scored = ~scores.isnan().reshape(log_alpha.shape).to(log_alpha.device)
-        log_alpha.copy_(torch.where(scored, log_alpha.mean() + spread * offsets.to(log_alpha.device), log_alpha))
+        log_alpha.copy_(torch.where(scored, centre + spread * offsets.to(log_alpha.device), log_alpha))
     l0.clamp_()
 
 
