@@ -30,8 +30,10 @@ skips rows whose OUT/rows/<row>.json exists; ``--in-process`` runs the stages' m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import platform
@@ -168,12 +170,11 @@ class Runner:
 
     @staticmethod
     def _call(entry: Tuple[str, List[str]], handle) -> int:
-        import contextlib
         import importlib
         import traceback
 
         module, args = entry
-        with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
+        with contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle), _logging_handlers_restored():
             try:
                 return importlib.import_module(module).main(args) or 0
             except SystemExit as exit_:
@@ -181,6 +182,23 @@ class Runner:
             except Exception:  # noqa: BLE001 - reported like a failed subprocess, with its traceback in the log
                 traceback.print_exc()
                 return 1
+
+
+@contextlib.contextmanager
+def _logging_handlers_restored():
+    """Removes the logging handlers a stage's main adds: they write to the stage's log file, which is
+    closed when the stage ends, and the next stage's records would fail on it ("Logging error")."""
+    def loggers() -> List[logging.Logger]:
+        return [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger))]
+
+    before = {id(lg): list(lg.handlers) for lg in loggers()}
+    try:
+        yield
+    finally:
+        for lg in loggers():
+            for handler in [h for h in lg.handlers if h not in before.get(id(lg), [])]:
+                lg.removeHandler(handler)
 
 
 class Stages:

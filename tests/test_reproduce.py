@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -133,3 +134,22 @@ def test_the_l0_stage_report_finds_the_step_the_masks_reached_the_target(tmp_pat
     assert report["steps_to_target"] == 4
     assert report["convergence"] == convergence and report["sliced_loss"] == [(512, 4.0)]
     assert reproduce.l0_stage_report(tmp_path / "none.txt", tmp_path, [])["steps_to_target"] is None
+
+
+def test_an_in_process_stage_leaves_no_logging_handler_on_its_closed_log(tmp_path, monkeypatch, capsys):
+    """A stage's main that logs to stderr binds its handler to the stage's log file; the next records
+    used to fail on the closed file ("--- Logging error ---" after every stage of --in-process)."""
+    (tmp_path / "stage_that_logs.py").write_text(
+        "import logging, sys\n"
+        "def main(args):\n"
+        "    logging.getLogger('stage_that_logs').addHandler(logging.StreamHandler(sys.stderr))\n"
+        "    logging.getLogger('stage_that_logs').warning('inside the stage')\n"
+        "    return 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    log = tmp_path / "stage.log"
+    with log.open("w") as handle:
+        assert load_benchmark_script("reproduce").Runner._call(("stage_that_logs", []), handle) == 0
+    logging.getLogger("stage_that_logs").warning("after the stage")
+    assert "inside the stage" in log.read_text()
+    assert "Logging error" not in capsys.readouterr().err
+    assert logging.getLogger("stage_that_logs").handlers == []
