@@ -96,6 +96,9 @@ class Settings:
     seed: int
     device: str = "cpu"  # cpu | gpu: where every stage runs (gpu: bf16 autocast in training)
     eta: float = 1.0  # dynamic loading's step size (the paper's 1.0)
+    # the model's lr in the L0 stage: None = the prune yaml's (1e-4 constant, the paper's); a value =
+    # the recovery runs' schedule (cosine from that peak, as CPT and Minitron's KD run)
+    prune_lr: Optional[float] = None
 
     @property
     def tokens_per_step(self) -> int:
@@ -290,9 +293,10 @@ def sheared(stages: Stages, mode: str, name: str, kd: bool = False, warm: bool =
     target = [f"pruning.target.{k}={v}" for k, v in s.target.items()]
     teacher = stages.teacher() if kd else []
     warm_start = [f"pruning.warm_start={stages.minitron_pruned()}", *WARM_START_RATES] if warm else []
+    prune_schedule = stages.recovery(s.prune_lr, s.prune_steps) if s.prune_lr else []
     checkpoint, prune_curve = stages.train(f"{name}_prune", "demo_smollm2_prune.yaml", s.prune_steps,
                                            [f"model.path={s.source}", *target, *stages.dynamic(mode, s.prune_steps),
-                                            *teacher, *warm_start])
+                                            *teacher, *warm_start, *prune_schedule])
     pruned = stages.export(f"{name}_prune", checkpoint, prune=True)
     l0_stage = l0_stage_report(stages.work / f"{name}_prune.metrics.txt", pruned, prune_curve)
     model, cpt_curve = stages.cpt(f"{name}_cpt", pruned, mode, s.total_steps - s.prune_steps, tuple(teacher))
@@ -537,6 +541,8 @@ def parse_args(argv=None) -> Tuple[Settings, argparse.Namespace]:
     parser.add_argument("--scratch-lr", type=float, default=1e-3, help="peak lr of the from-scratch run")
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--eta", type=float, default=1.0, help="dynamic loading's step size (default: the paper's 1.0)")
+    parser.add_argument("--prune-lr", type=float, help="the model's peak lr in the L0 stage, on the recovery runs' cosine "
+                                                       "schedule (default: the prune yaml's 1e-4, constant, the paper's)")
     parser.add_argument("--resume", action="store_true", help="keep rows already in OUT/rows/")
     parser.add_argument("--in-process", action="store_true", help="run the stages' mains in this process (faster start)")
     parser.add_argument("--device", choices=("cpu", "gpu"), help="where every stage runs (default: gpu when CUDA is there)")
@@ -554,7 +560,8 @@ def parse_args(argv=None) -> Tuple[Settings, argparse.Namespace]:
         budget_tokens=args.budget_tokens, seq_len=args.seq_len, batch=args.batch, prune_fraction=args.prune_fraction,
         target=parse_target(args.target), calib_samples=args.calib_samples, curve_eval_batches=args.curve_eval_batches,
         evals_per_stage=args.evals_per_stage, final_max_tokens=args.final_max_tokens, lr=args.lr,
-        scratch_lr=args.scratch_lr, surgeon_shots=args.surgeon_shots, seed=args.seed, device=device, eta=args.eta)
+        scratch_lr=args.scratch_lr, surgeon_shots=args.surgeon_shots, seed=args.seed, device=device, eta=args.eta,
+        prune_lr=args.prune_lr)
     return settings, args
 
 

@@ -104,9 +104,16 @@ def test_the_sheared_variants_distil_in_both_stages_and_start_from_minitrons_imp
     assert f"pruning.warm_start={importance_dir}" in commands["sheared_kd_warm_prune.train"]
     assert not any(a.startswith("pruning.") for a in commands["sheared_kd_warm_cpt.train"])
     assert row["calibration_tokens"] == 8 * settings.seq_len
+    assert "pruning.mask_lr=0.1" in commands["sheared_kd_warm_prune.train"]  # WARM_START_RATES
     plain = reproduce.sheared(stages, "dynamic", "sheared_dynamic")
-    assert not any(a.startswith(("teacher.", "pruning.warm_start")) for a in commands["sheared_dynamic_prune.train"])
+    assert not any(a.startswith(("teacher.", "pruning.warm_start", "pruning.mask_lr", "optimizer."))
+                   for a in commands["sheared_dynamic_prune.train"])  # the prune yaml's rates and lr
     assert plain["calibration_tokens"] == 0
+    # --prune-lr: the L0 stage on the recovery runs' cosine schedule
+    stages.s = dataclasses.replace(settings, prune_lr=3e-4)
+    reproduce.sheared(stages, "dynamic", "sheared_lr")
+    assert stages.recovery(3e-4, settings.prune_steps)[0] == "optimizer.lr=0.0003"
+    assert set(stages.recovery(3e-4, settings.prune_steps)) <= set(commands["sheared_lr_prune.train"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
