@@ -14,7 +14,7 @@ listed separately, they are not training):
    Variants of row 1 (issue 16): ``sheared_kd`` distils from the source in both stages (the
    ``teacher:`` section of minitron_kd_smollm2.yaml: logit KL, α = 0), ``sheared_warm`` starts the
    masks from Minitron's importance (``pruning.warm_start``, the same ``prune minitron`` calibration
-   as row 3), ``sheared_kd_warm`` both
+   as row 3), ``sheared_kd_warm`` both, ``sheared_kd_warm_static`` both with static loading
 3. ``minitron_kd``: activation-importance pruning + knowledge distillation from the source
 4. ``surgeon_cpt``: LLM Surgeon structured to the target shape (``--target``) + continued
    pre-training (dynamic loading, as row 1's second stage)
@@ -46,7 +46,7 @@ from typing import Dict, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-SHEARED_VARIANTS = ("sheared_kd", "sheared_warm", "sheared_kd_warm")
+SHEARED_VARIANTS = ("sheared_kd", "sheared_warm", "sheared_kd_warm", "sheared_kd_warm_static")
 ROWS = ("sheared_dynamic", "sheared_static", *SHEARED_VARIANTS, "minitron_kd", "surgeon_cpt", "scratch", "source")
 DEFAULT_ROWS = tuple(row for row in ROWS if row not in SHEARED_VARIANTS)  # the variants run when asked for
 # the source first (every other row's reference), then the cheapest comparison, so that a run cut
@@ -58,6 +58,7 @@ ROW_TITLES = {
     "sheared_kd": "Sheared + KD in both stages, dynamic loading",
     "sheared_warm": "Sheared, masks warm-started from Minitron's importance, dynamic loading",
     "sheared_kd_warm": "Sheared, warm start + KD in both stages, dynamic loading",
+    "sheared_kd_warm_static": "Sheared, warm start + KD in both stages, static loading",
     "minitron_kd": "Minitron: importance pruning + KD",
     "surgeon_cpt": "LLM Surgeon structured (uniform) + CPT",
     "scratch": "same architecture, random init",
@@ -375,6 +376,7 @@ BUILDERS = {"sheared_dynamic": lambda st: sheared(st, "dynamic", "sheared_dynami
             "sheared_kd": lambda st: sheared(st, "dynamic", "sheared_kd", kd=True),
             "sheared_warm": lambda st: sheared(st, "dynamic", "sheared_warm", warm=True),
             "sheared_kd_warm": lambda st: sheared(st, "dynamic", "sheared_kd_warm", kd=True, warm=True),
+            "sheared_kd_warm_static": lambda st: sheared(st, "static", "sheared_kd_warm_static", kd=True, warm=True),
             "minitron_kd": minitron_kd, "surgeon_cpt": surgeon_cpt, "scratch": scratch, "source": source}
 
 
