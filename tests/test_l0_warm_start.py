@@ -95,6 +95,13 @@ def test_importance_of_another_model_is_refused():
         warm_start(L0Module(SOURCE, TARGETS["every structure"]), other)
 
 
+def test_a_log_alpha_range_upside_down_is_one_line():
+    from llmshearing.sheared.l0_pruning import L0Pruning
+
+    with pytest.raises(ConfigError, match=r"pruning.log_alpha_range must be \[low, high\] with low < high, got \[1.0, 0.0\]"):
+        L0Pruning({"intermediate_size": 8}, log_alpha_range=[1, 0])
+
+
 def test_a_missing_importance_file_says_how_to_make_one(tmp_path):
     with pytest.raises(ConfigError, match=r"pruning.warm_start: no importance file .* `llmshearing prune minitron"):
         load_importance(str(tmp_path / "nothing.json"))
@@ -109,11 +116,14 @@ def test_the_trainer_starts_the_masks_from_the_yaml_s_importance_file(sample_cor
     importance = Importance.random(source, seed=2)
     importance.save(tmp_path / "minitron")  # a `prune minitron` output dir holds importance.json
     cfg = load_config(TINY, [f"data.path={sample_corpus}", f"pruning.warm_start={tmp_path / 'minitron'}",
-                             "save_folder=null", "max_duration=1ba"])
+                             "save_folder=null", "max_duration=1ba", "pruning.log_alpha_range=[-9.2,4.6]"])
     trainer = build_trainer(cfg)
     try:
         assert any(isinstance(a, L0Pruning) for a in trainer.state.algorithms)
-        plan = trainer.state.model.l0.eval().make_plan()
+        l0 = trainer.state.model.l0
+        assert all(gate.log_alpha_range == (-9.2, 4.6) for gate in l0.gates.values())
+        assert min(gate.log_alpha.min().item() for gate in l0.gates.values()) == pytest.approx(-9.2)
+        plan = l0.eval().make_plan()
         expected = build_plan(importance, TargetShape.from_mapping(cfg.pruning.target, source))
         assert plan.kept_hidden == expected.kept_hidden
         assert [layer.kept_neurons for layer in plan.layers] == [layer.kept_neurons for layer in expected.layers]

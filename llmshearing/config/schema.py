@@ -72,6 +72,9 @@ class PruningSection:
     # expected sizes count a gate at the log_alpha floor as shut (true), or as the reference does, at
     # P(gate > 0) = 0.047 (false), which leaves kept gates half shut at high prune ratios (HardConcrete.keep_score)
     normalized_keep_scores: bool = True
+    # log_alpha's clamp range (the reference's [log 0.01, log 100]); a gate at the floor is open
+    # (> 0) in 4.7 % of the samples there, 0.05 % at -9.2
+    log_alpha_range: List[float] = field(default_factory=lambda: [-4.605170185988091, 4.605170185988091])
 
 
 @dataclass

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 from composer.core import Algorithm, Event, State
 from composer.loggers import Logger
@@ -32,6 +32,7 @@ from llmshearing.composer.run_artifacts import RunArtifacts, as_run_artifacts
 from llmshearing.errors import ConfigError
 from llmshearing.plan import PLAN_FILE
 from llmshearing.shape import TargetShape
+from llmshearing.sheared.hard_concrete import DEFAULT_LOG_ALPHA_RANGE
 from llmshearing.sheared.l0_module import L0Module
 from llmshearing.sheared.warm_start import DEFAULT_CENTRE, DEFAULT_SPREAD, load_importance, warm_start
 
@@ -54,6 +55,7 @@ class L0Pruning(Algorithm):
         warm_start_spread: float = DEFAULT_SPREAD,
         warm_start_centre: float = DEFAULT_CENTRE,
         normalized_keep_scores: bool = True,
+        log_alpha_range: Tuple[float, float] = DEFAULT_LOG_ALPHA_RANGE,
         plan_folder: Union[str, RunArtifacts, None] = None,
     ):
         self.target = dict(target)
@@ -68,6 +70,7 @@ class L0Pruning(Algorithm):
         self.warm_start_spread = warm_start_spread
         self.warm_start_centre = warm_start_centre
         self.normalized_keep_scores = normalized_keep_scores
+        self.log_alpha_range = _checked_range(log_alpha_range)
         self.plan_folder = as_run_artifacts(plan_folder)
         self.last_details: dict = {}
         self._sync: Optional[ReplicaSync] = None
@@ -107,6 +110,7 @@ class L0Pruning(Algorithm):
             init_std=self.init_std,
             block_masks=self.block_masks,
             normalized_keep_scores=self.normalized_keep_scores,
+            log_alpha_range=self.log_alpha_range,
             seed=state.rank_zero_seed,  # the same mask samples on every rank ...
         )
         if self.per_rank_masks:  # ... unless each rank samples its own
@@ -156,3 +160,10 @@ class L0Pruning(Algorithm):
         log.info("final pruning plan written to %s (target %s)", self.plan_folder.location(PLAN_FILE),
                  plan.target_shape().to_dict())
         return path
+
+
+def _checked_range(log_alpha_range: Sequence[float]) -> Tuple[float, float]:
+    values = [float(value) for value in log_alpha_range]
+    if len(values) != 2 or not values[0] < values[1]:
+        raise ConfigError(f"pruning.log_alpha_range must be [low, high] with low < high, got {values}")
+    return values[0], values[1]
