@@ -100,6 +100,7 @@ class Settings:
     # the model's lr in the L0 stage: None = the prune yaml's (1e-4 constant, the paper's); a value =
     # the recovery runs' schedule (cosine from that peak, as CPT and Minitron's KD run)
     prune_lr: Optional[float] = None
+    prune_overrides: Tuple[str, ...] = ()  # train.py dot-list overrides of every L0 stage, after the row's own
 
     @property
     def tokens_per_step(self) -> int:
@@ -297,7 +298,7 @@ def sheared(stages: Stages, mode: str, name: str, kd: bool = False, warm: bool =
     prune_schedule = stages.recovery(s.prune_lr, s.prune_steps) if s.prune_lr else []
     checkpoint, prune_curve = stages.train(f"{name}_prune", "demo_smollm2_prune.yaml", s.prune_steps,
                                            [f"model.path={s.source}", *target, *stages.dynamic(mode, s.prune_steps),
-                                            *teacher, *warm_start, *prune_schedule])
+                                            *teacher, *warm_start, *prune_schedule, *s.prune_overrides])
     pruned = stages.export(f"{name}_prune", checkpoint, prune=True)
     l0_stage = l0_stage_report(stages.work / f"{name}_prune.metrics.txt", pruned, prune_curve)
     model, cpt_curve = stages.cpt(f"{name}_cpt", pruned, mode, s.total_steps - s.prune_steps, tuple(teacher))
@@ -545,6 +546,8 @@ def parse_args(argv=None) -> Tuple[Settings, argparse.Namespace]:
     parser.add_argument("--eta", type=float, default=1.0, help="dynamic loading's step size (default: the paper's 1.0)")
     parser.add_argument("--prune-lr", type=float, help="the model's peak lr in the L0 stage, on the recovery runs' cosine "
                                                        "schedule (default: the prune yaml's 1e-4, constant, the paper's)")
+    parser.add_argument("--prune-overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="train.py overrides of every L0 stage, e.g. pruning.log_alpha_range=[-9.2,9.2]")
     parser.add_argument("--resume", action="store_true", help="keep rows already in OUT/rows/")
     parser.add_argument("--in-process", action="store_true", help="run the stages' mains in this process (faster start)")
     parser.add_argument("--device", choices=("cpu", "gpu"), help="where every stage runs (default: gpu when CUDA is there)")
@@ -563,7 +566,7 @@ def parse_args(argv=None) -> Tuple[Settings, argparse.Namespace]:
         target=parse_target(args.target), calib_samples=args.calib_samples, curve_eval_batches=args.curve_eval_batches,
         evals_per_stage=args.evals_per_stage, final_max_tokens=args.final_max_tokens, lr=args.lr,
         scratch_lr=args.scratch_lr, surgeon_shots=args.surgeon_shots, seed=args.seed, device=device, eta=args.eta,
-        prune_lr=args.prune_lr)
+        prune_lr=args.prune_lr, prune_overrides=tuple(args.prune_overrides))
     return settings, args
 
 

@@ -110,8 +110,10 @@ def test_the_sheared_variants_distil_in_both_stages_and_start_from_minitrons_imp
                    for a in commands["sheared_dynamic_prune.train"])  # the prune yaml's rates and lr
     assert plain["calibration_tokens"] == 0
     # --prune-lr: the L0 stage on the recovery runs' cosine schedule
-    stages.s = dataclasses.replace(settings, prune_lr=3e-4)
+    stages.s = dataclasses.replace(settings, prune_lr=3e-4, prune_overrides=("pruning.mask_lr=0.5",))
     reproduce.sheared(stages, "dynamic", "sheared_lr")
+    assert commands["sheared_lr_prune.train"][-1] == "pruning.mask_lr=0.5"  # last: overrides the row's own
+    assert not any(a.startswith("pruning.") for a in commands["sheared_lr_cpt.train"])
     assert stages.recovery(3e-4, settings.prune_steps)[0] == "optimizer.lr=0.0003"
     assert set(stages.recovery(3e-4, settings.prune_steps)) <= set(commands["sheared_lr_prune.train"])
 
