@@ -70,10 +70,6 @@ ROW_TITLES = {
 DEFAULT_TARGET = "hidden_size=576,num_attention_heads=6,num_key_value_heads=3,num_hidden_layers=30,intermediate_size=384"
 EVAL_LINE = re.compile(r"\[metric\]\[batch=(\d+)\]: metrics/eval/([^/\s]+)/LanguageCrossEntropy: (\S+)")
 FRACTION_LINE = re.compile(r"\[metric\]\[batch=(\d+)\]: pruning/(expected|target)_fraction/(\w+): (\S+)")
-# Warm-started masks start at the target: the default rates (1.0, sized to carry gates across the
-# whole log_alpha range from a cold start) make Adam's sign-like steps swing every gate of a structure
-# open and shut around it (neurons 0.25 -> 0.48 in 6 steps, issue 16); a tenth refines the selection
-WARM_START_RATES = ("pruning.mask_lr=0.1", "pruning.lag_lr=0.1")
 Curve = List[Tuple[int, Dict[str, float]]]  # (training tokens, {domain or "all": loss})
 
 
@@ -294,7 +290,7 @@ def sheared(stages: Stages, mode: str, name: str, kd: bool = False, warm: bool =
     s = stages.s
     target = [f"pruning.target.{k}={v}" for k, v in s.target.items()]
     teacher = stages.teacher() if kd else []
-    warm_start = [f"pruning.warm_start={stages.minitron_pruned()}", *WARM_START_RATES] if warm else []
+    warm_start = [f"pruning.warm_start={stages.minitron_pruned()}"] if warm else []
     prune_schedule = stages.recovery(s.prune_lr, s.prune_steps) if s.prune_lr else []
     checkpoint, prune_curve = stages.train(f"{name}_prune", "demo_smollm2_prune.yaml", s.prune_steps,
                                            [f"model.path={s.source}", *target, *stages.dynamic(mode, s.prune_steps),

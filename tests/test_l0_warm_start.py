@@ -95,6 +95,16 @@ def test_importance_of_another_model_is_refused():
         warm_start(L0Module(SOURCE, TARGETS["every structure"]), other)
 
 
+def test_a_warm_start_defaults_to_a_tenth_of_the_cold_start_rates():
+    from llmshearing.sheared.l0_pruning import L0Pruning
+
+    cold, warm = L0Pruning({"intermediate_size": 8}), L0Pruning({"intermediate_size": 8}, warm_start="importance.json")
+    assert (cold.mask_lr, cold.lag_lr) == (1.0, 1.0)
+    assert (warm.mask_lr, warm.lag_lr) == (0.1, 0.1)
+    assert L0Pruning({"intermediate_size": 8}, warm_start="importance.json", mask_lr=0.5).mask_lr == 0.5
+    assert load_config(REPO / "yamls" / "demo_smollm2_prune.yaml").pruning.mask_lr is None  # the default applies
+
+
 def test_a_log_alpha_range_upside_down_is_one_line():
     from llmshearing.sheared.l0_pruning import L0Pruning
 
@@ -123,6 +133,8 @@ def test_the_trainer_starts_the_masks_from_the_yaml_s_importance_file(sample_cor
         l0 = trainer.state.model.l0
         assert all(gate.log_alpha_range == (-9.2, 4.6) for gate in l0.gates.values())
         assert min(gate.log_alpha.min().item() for gate in l0.gates.values()) == pytest.approx(-9.2)
+        mask_group, lambda_group = trainer.state.optimizers[0].param_groups[-2:]
+        assert mask_group["lr"] == lambda_group["lr"] == 0.3  # tiny_prune.yaml's own rates win over the default
         plan = l0.eval().make_plan()
         expected = build_plan(importance, TargetShape.from_mapping(cfg.pruning.target, source))
         assert plan.kept_hidden == expected.kept_hidden

@@ -57,8 +57,9 @@ class DataSection:
 @dataclass
 class PruningSection:
     target: Dict[str, int] = field(default_factory=dict)  # HF config words; missing = unchanged
-    mask_lr: float = 1.0
-    lag_lr: float = 1.0
+    # null: 1.0 (the paper's) from a cold start, 0.1 from a warm start (L0Pruning says why)
+    mask_lr: Optional[float] = None
+    lag_lr: Optional[float] = None
     warmup_fraction: float = 0.2  # of max_duration, target sparsity ramps linearly
     init_mean: float = 5.0
     init_std: float = 0.01
