@@ -24,6 +24,10 @@ from tests.test_distillation import KD_YAML, teacher_and_student  # noqa: F401  
 from tests.test_dynamic_loading import REPO, TINY, _free_port
 
 TOLERANCE = 1e-4
+# log_alpha under Adam: each gate's step is its gradient over its own running magnitude, so a gate whose
+# loss and Lagrangian gradients nearly cancel carries the all-reduce's rounding into its step (measured:
+# 3.4e-4 on the neuron gates, 1e-5 on the others; mask_lr is 0.3 per step, the tolerance 0.3 % of one)
+GATE_TOLERANCE = 1e-3
 # a few steps, no evaluation, no checkpoints: the runs differ only in the number of processes
 SHORT = ["max_duration=4ba", "eval_interval=100ba", "console_log_interval=100ba", "save_folder=null"]
 RUNS = {
@@ -103,7 +107,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(kind, runs):
             assert all(abs(one[k] - two[k]) <= TOLERANCE * max(1.0, abs(one[k])) for k in one), (one, two)
         for name, values in single["replicated"].items():
             assert len(values) == len(rank0["replicated"][name]), name
-            assert max(abs(a - b) for a, b in zip(values, rank0["replicated"][name])) <= TOLERANCE, name
+            tolerance = GATE_TOLERANCE if name.endswith("log_alpha") else TOLERANCE
+            assert max(abs(a - b) for a, b in zip(values, rank0["replicated"][name])) <= tolerance, name
     assert ddp[0]["model"] == ddp[1]["model"]  # DDP: whole identical students (FSDP ranks hold shards)
 
 
