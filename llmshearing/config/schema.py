@@ -5,6 +5,7 @@ the yaml is read, and names the allowed values in the error.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -75,7 +76,7 @@ class PruningSection:
     normalized_keep_scores: bool = True
     # log_alpha's clamp range (the reference's [log 0.01, log 100]); a gate at the floor is open
     # (> 0) in 4.7 % of the samples there, 0.05 % at -9.2
-    log_alpha_range: List[float] = field(default_factory=lambda: [-4.605170185988091, 4.605170185988091])
+    log_alpha_range: List[float] = field(default_factory=lambda: [math.log(0.01), math.log(100.0)])
 
 
 @dataclass

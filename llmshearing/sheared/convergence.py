@@ -22,7 +22,7 @@ DEFAULT_TOLERANCE = 0.05  # of the source's units: how far above its target a st
 @dataclass(frozen=True)
 class StructureConvergence:
     structure: str
-    expected_fraction: float  # Σ P(gate > 0) / source units, what the masked model was trained with
+    expected_fraction: float  # Σ keep scores / source units (L0Module.keep_scores), what the Lagrangian saw
     target_fraction: float
     cut: int  # units the final plan removes
     cut_while_open: int  # of those, units whose gate still keeps them (keep score > 0.5)

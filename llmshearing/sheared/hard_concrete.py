@@ -16,13 +16,13 @@ SOFT_VALUE_SHARPNESS = 0.8
 DEFAULT_LOG_ALPHA_RANGE = (math.log(0.01), math.log(100.0))
 
 
-def keep_probability_at(log_alpha: torch.Tensor) -> torch.Tensor:
-    """P(gate > 0) of a gate with this ``log_alpha``."""
-    return 1.0 - torch.sigmoid(TEMPERATURE * math.log(-STRETCH_LOW / STRETCH_HIGH) - log_alpha)
-
-
 # log_alpha at which a gate is open (> 0) half the time
 HALF_OPEN_LOG_ALPHA = TEMPERATURE * math.log(-STRETCH_LOW / STRETCH_HIGH)
+
+
+def keep_probability_at(log_alpha: torch.Tensor) -> torch.Tensor:
+    """P(gate > 0) of a gate with this ``log_alpha``."""
+    return 1.0 - torch.sigmoid(HALF_OPEN_LOG_ALPHA - log_alpha)
 
 
 class HardConcrete(nn.Module):

@@ -13,8 +13,8 @@ cut below; the deterministic masks at step 0 are then exactly the one-shot selec
 cut at the clamp's bounds: the masked model starts as the one-shot slice and its expected sizes at
 the target, and learning refines the selection near the cut. (The first measured warm start,
 centre = the initial log_alpha 4.6 and spread 4, left every cut unit open, and the target ramp from
-the whole source pulled them further open: docs/RESULTS.md, 2026-12-07.) Ranks, not the raw scores, because the scores of different
-structures are not on one scale. Rows are what the plan selects within: per layer for neurons, per
+the whole source pulled them further open: docs/RESULTS.md, 2026-12-07.) Ranks, not the raw scores,
+because the scores of different structures are not on one scale. Rows are what the plan selects within: per layer for neurons, per
 layer for KV groups (the summed scores of the query heads the target keeps in each, as Minitron
 selects them), per KV group for query heads, the whole model
 for hidden channels and layers (Minitron's depth score). Units whose score is NaN (layers a
