@@ -13,6 +13,7 @@ from llmshearing.minitron.selection import build_plan
 from llmshearing.model import LlamaConfig
 from llmshearing.shape import TargetShape
 from llmshearing.sheared import L0Module
+from llmshearing.sheared.hard_concrete import HALF_OPEN_LOG_ALPHA
 from llmshearing.sheared.warm_start import load_importance, rank_offsets, warm_start
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,6 +102,8 @@ def test_a_warm_start_defaults_to_a_tenth_of_the_cold_start_rates():
     cold, warm = L0Pruning({"intermediate_size": 8}), L0Pruning({"intermediate_size": 8}, warm_start="importance.json")
     assert (cold.mask_lr, cold.lag_lr) == (1.0, 1.0)
     assert (warm.mask_lr, warm.lag_lr) == (0.1, 0.1)
+    assert warm.warm_start_centre == HALF_OPEN_LOG_ALPHA  # the yaml's null and the API's default agree
+    assert load_config(REPO / "yamls" / "demo_smollm2_prune.yaml").pruning.warm_start_centre is None
     assert L0Pruning({"intermediate_size": 8}, warm_start="importance.json", mask_lr=0.5).mask_lr == 0.5
     assert load_config(REPO / "yamls" / "demo_smollm2_prune.yaml").pruning.mask_lr is None  # the default applies
 

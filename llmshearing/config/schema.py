@@ -70,7 +70,7 @@ class PruningSection:
     # by it, the one-shot selection above warm_start_centre, the rest below (sheared/warm_start.py)
     warm_start: Optional[str] = None
     warm_start_spread: float = 40.0  # log_alpha distance between a row's most and least important unit
-    warm_start_centre: float = -1.6  # log_alpha at the cut (-1.6: a gate open half the time)
+    warm_start_centre: Optional[float] = None  # log_alpha at the cut; null: where a gate is open half the time (-1.6)
     # expected sizes count a gate at the log_alpha floor as shut (true), or as the reference does, at
     # P(gate > 0) = 0.047 (false), which leaves kept gates half shut at high prune ratios (HardConcrete.keep_score)
     normalized_keep_scores: bool = True

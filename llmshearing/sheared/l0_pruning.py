@@ -57,7 +57,7 @@ class L0Pruning(Algorithm):
         per_rank_masks: bool = False,
         warm_start: Optional[str] = None,
         warm_start_spread: float = DEFAULT_SPREAD,
-        warm_start_centre: float = DEFAULT_CENTRE,
+        warm_start_centre: Optional[float] = None,
         normalized_keep_scores: bool = True,
         log_alpha_range: Tuple[float, float] = DEFAULT_LOG_ALPHA_RANGE,
         plan_folder: Union[str, RunArtifacts, None] = None,
@@ -76,7 +76,7 @@ class L0Pruning(Algorithm):
         self.per_rank_masks = per_rank_masks
         self.warm_start = warm_start
         self.warm_start_spread = warm_start_spread
-        self.warm_start_centre = warm_start_centre
+        self.warm_start_centre = DEFAULT_CENTRE if warm_start_centre is None else warm_start_centre
         self.normalized_keep_scores = normalized_keep_scores
         self.log_alpha_range = _checked_range(log_alpha_range)
         self.plan_folder = as_run_artifacts(plan_folder)
