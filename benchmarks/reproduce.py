@@ -38,6 +38,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -97,6 +98,9 @@ class Settings:
     # the recovery runs' schedule (cosine from that peak, as CPT and Minitron's KD run)
     prune_lr: Optional[float] = None
     prune_overrides: Tuple[str, ...] = ()  # train.py dot-list overrides of every L0 stage, after the row's own
+    # False: a stage's Composer checkpoint folder goes once its HF export is written (~780 MB per SmolLM2
+    # stage in fp32 with the optimizer state; a few seeds' rows filled a 250 GB disk)
+    keep_checkpoints: bool = False
 
     @property
     def tokens_per_step(self) -> int:
@@ -253,6 +257,8 @@ class Stages:
         out = self.work / f"{name}_hf"
         self.run(f"{name}.export", [PYTHON, "-m", "llmshearing.convert", "composer-to-hf", checkpoint, out,
                                     *(["--prune"] if prune else [])])
+        if not self.s.keep_checkpoints:
+            shutil.rmtree(Path(checkpoint).parent, ignore_errors=True)
         return out
 
     def dynamic(self, mode: str, steps: int) -> List[str]:
@@ -545,6 +551,8 @@ def parse_args(argv=None) -> Tuple[Settings, argparse.Namespace]:
     parser.add_argument("--prune-overrides", nargs="+", default=[], metavar="KEY=VALUE",
                         help="train.py overrides of every L0 stage, e.g. pruning.log_alpha_range=[-9.2,9.2]")
     parser.add_argument("--resume", action="store_true", help="keep rows already in OUT/rows/")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep every stage's Composer checkpoint (default: removed once the stage's HF export is written)")
     parser.add_argument("--in-process", action="store_true", help="run the stages' mains in this process (faster start)")
     parser.add_argument("--device", choices=("cpu", "gpu"), help="where every stage runs (default: gpu when CUDA is there)")
     args = parser.parse_args(argv)
@@ -562,7 +570,7 @@ def parse_args(argv=None) -> Tuple[Settings, argparse.Namespace]:
         target=parse_target(args.target), calib_samples=args.calib_samples, curve_eval_batches=args.curve_eval_batches,
         evals_per_stage=args.evals_per_stage, final_max_tokens=args.final_max_tokens, lr=args.lr,
         scratch_lr=args.scratch_lr, surgeon_shots=args.surgeon_shots, seed=args.seed, device=device, eta=args.eta,
-        prune_lr=args.prune_lr, prune_overrides=tuple(args.prune_overrides))
+        prune_lr=args.prune_lr, prune_overrides=tuple(args.prune_overrides), keep_checkpoints=args.keep_checkpoints)
     return settings, args
 
 

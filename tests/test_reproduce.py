@@ -72,6 +72,22 @@ def test_every_row_at_a_tiny_budget(sample_corpus, tmp_path):
     body = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| row")]
     assert [line.split(" | ")[0] for line in body] == [f"| {reproduce.ROW_TITLES[r]}" for r in reproduce.DEFAULT_ROWS]
     assert (out / "eval_loss_vs_tokens.png").stat().st_size > 10_000
+    assert not list((out / "work").rglob("*.pt"))  # every stage's checkpoint went with its export
+
+
+def test_a_stage_checkpoint_is_removed_after_its_export_unless_kept(tmp_path, sample_corpus):
+    reproduce = load_benchmark_script("reproduce")
+    commands = []  # whether the checkpoint was there when its export ran
+    for keep in (False, True):
+        settings, _ = reproduce.parse_args(["--budget-tokens", "512", "--out", str(tmp_path), "--data", str(sample_corpus),
+                                            "--device", "cpu", *(["--keep-checkpoints"] if keep else [])])
+        checkpoint = tmp_path / "work" / "cpt" / "latest-rank0.pt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_bytes(b"state")
+        stages = reproduce.Stages(settings, lambda name, argv: commands.append(Path(argv[-2]).exists()))
+        assert stages.export("cpt", checkpoint) == tmp_path / "work" / "cpt_hf"
+        assert checkpoint.exists() == keep
+    assert commands == [True, True]  # the export read the checkpoint before it went
 
 
 def test_every_stage_runs_on_the_device_asked_for(tmp_path, sample_corpus):
