@@ -213,7 +213,7 @@ def build_algorithms(cfg: TrainConfig, artifacts: Optional[RunArtifacts]) -> Lis
             init_mean=p.init_mean, init_std=p.init_std, block_masks=p.block_masks,
             per_rank_masks=p.per_rank_masks, warm_start=p.warm_start, warm_start_spread=p.warm_start_spread,
             warm_start_centre=p.warm_start_centre, normalized_keep_scores=p.normalized_keep_scores,
-            log_alpha_range=tuple(p.log_alpha_range),
+            log_alpha_range=p.log_alpha_range,
             plan_folder=artifacts,
         ))
     if cfg.teacher is not None:

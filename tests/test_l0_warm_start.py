@@ -13,7 +13,7 @@ from llmshearing.minitron.selection import build_plan
 from llmshearing.model import LlamaConfig
 from llmshearing.shape import TargetShape
 from llmshearing.sheared import L0Module
-from llmshearing.sheared.hard_concrete import HALF_OPEN_LOG_ALPHA
+from llmshearing.sheared.hard_concrete import DEFAULT_LOG_ALPHA_RANGE, HALF_OPEN_LOG_ALPHA, WARM_START_LOG_ALPHA_RANGE
 from llmshearing.sheared.warm_start import load_importance, rank_offsets, warm_start
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,12 +37,15 @@ def test_rank_offsets_put_the_cut_at_zero_rank_ties_by_index_and_leave_nan_alone
     assert (kept > 0).all() and (offsets[0, [0, 2]] < 0).all()  # the two a keep of 0.4 of 5 takes are above
 
 
-# the defaults, and the first measured setting (centre at the initial log_alpha, clamped to log 100)
-@pytest.mark.parametrize("spread,centre", [(40.0, -1.6), (4.0, 4.6)])
+# the defaults, the earlier ones (spread 40 in the reference's range), and the first measured setting
+# (centre at the initial log_alpha, clamped to log 100)
+@pytest.mark.parametrize("spread,centre,log_alpha_range", [(160.0, -1.6, WARM_START_LOG_ALPHA_RANGE),
+                                                           (40.0, -1.6, DEFAULT_LOG_ALPHA_RANGE),
+                                                           (4.0, 4.6, DEFAULT_LOG_ALPHA_RANGE)])
 @pytest.mark.parametrize("target", TARGETS.values(), ids=TARGETS.keys())
-def test_warm_started_masks_select_exactly_what_minitron_selects(target, spread, centre):
+def test_warm_started_masks_select_exactly_what_minitron_selects(target, spread, centre, log_alpha_range):
     importance = Importance.random(SOURCE, seed=4)
-    l0 = L0Module(SOURCE, target, init_mean=5.0, init_std=0.01)
+    l0 = L0Module(SOURCE, target, init_mean=5.0, init_std=0.01, log_alpha_range=log_alpha_range)
     warm_start(l0, importance, spread=spread, centre=centre)
     ours, minitron = l0.eval().make_plan(), build_plan(importance, target)
     assert ours.kept_hidden == minitron.kept_hidden
@@ -60,7 +63,7 @@ def test_warm_started_masks_select_exactly_what_minitron_selects(target, spread,
 def test_by_default_the_warm_started_masked_model_starts_as_the_one_shot_slice(target):
     """Expected sizes at the target from step 0; every kept unit but those ranked next to the cut at
     the top of the range (scale ~1 in the plan), every cut one but those at the bottom."""
-    l0 = L0Module(SOURCE, target)
+    l0 = L0Module(SOURCE, target, log_alpha_range=WARM_START_LOG_ALPHA_RANGE)
     warm_start(l0, Importance.random(SOURCE, seed=4))
     for name, value in l0.expected_sizes().items():
         assert value.item() == pytest.approx(l0.final_fraction(name), abs=0.05), name
@@ -96,7 +99,7 @@ def test_importance_of_another_model_is_refused():
         warm_start(L0Module(SOURCE, TARGETS["every structure"]), other)
 
 
-def test_a_warm_start_defaults_to_a_tenth_of_the_cold_start_rates():
+def test_a_warm_start_defaults_to_a_tenth_of_the_cold_start_rates_and_a_wider_log_alpha_range():
     from llmshearing.sheared.l0_pruning import L0Pruning
 
     cold, warm = L0Pruning({"intermediate_size": 8}), L0Pruning({"intermediate_size": 8}, warm_start="importance.json")
@@ -104,7 +107,10 @@ def test_a_warm_start_defaults_to_a_tenth_of_the_cold_start_rates():
     assert (warm.mask_lr, warm.lag_lr) == (0.1, 0.1)
     assert warm.warm_start_centre == HALF_OPEN_LOG_ALPHA  # the yaml's null and the API's default agree
     assert load_config(REPO / "yamls" / "demo_smollm2_prune.yaml").pruning.warm_start_centre is None
+    assert (cold.log_alpha_range, warm.log_alpha_range) == (DEFAULT_LOG_ALPHA_RANGE, WARM_START_LOG_ALPHA_RANGE)
+    assert load_config(REPO / "yamls" / "demo_smollm2_prune.yaml").pruning.log_alpha_range is None
     assert L0Pruning({"intermediate_size": 8}, warm_start="importance.json", mask_lr=0.5).mask_lr == 0.5
+    assert L0Pruning({"intermediate_size": 8}, warm_start="i.json", log_alpha_range=[-3, 3]).log_alpha_range == (-3, 3)
     assert load_config(REPO / "yamls" / "demo_smollm2_prune.yaml").pruning.mask_lr is None  # the default applies
 
 

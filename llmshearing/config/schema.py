@@ -5,7 +5,6 @@ the yaml is read, and names the allowed values in the error.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -69,14 +68,15 @@ class PruningSection:
     # a Minitron importance.json (or the `prune minitron` output dir holding it): the gates start ordered
     # by it, the one-shot selection above warm_start_centre, the rest below (sheared/warm_start.py)
     warm_start: Optional[str] = None
-    warm_start_spread: float = 40.0  # log_alpha distance between a row's most and least important unit
+    warm_start_spread: float = 160.0  # log_alpha distance between a row's most and least important unit
     warm_start_centre: Optional[float] = None  # log_alpha at the cut; null: where a gate is open half the time (-1.6)
     # expected sizes count a gate at the log_alpha floor as shut (true), or as the reference does, at
     # P(gate > 0) = 0.047 (false), which leaves kept gates half shut at high prune ratios (HardConcrete.keep_score)
     normalized_keep_scores: bool = True
-    # log_alpha's clamp range (the reference's [log 0.01, log 100]); a gate at the floor is open
-    # (> 0) in 4.7 % of the samples there, 0.05 % at -9.2
-    log_alpha_range: List[float] = field(default_factory=lambda: [math.log(0.01), math.log(100.0)])
+    # log_alpha's clamp range; null: the reference's [log 0.01, log 100] (-4.6, 4.6) from a cold start,
+    # [log 1e-4, log 1e4] (-9.2, 9.2) with warm_start. A gate at the floor is open (> 0) in 4.7 % of
+    # the samples at -4.6, 0.05 % at -9.2
+    log_alpha_range: Optional[List[float]] = None
 
 
 @dataclass

@@ -14,6 +14,9 @@ EPS = 1e-6
 # sigmoid(log_alpha / beta * 0.8): the reference's value for a kept unit in the deterministic mask
 SOFT_VALUE_SHARPNESS = 0.8
 DEFAULT_LOG_ALPHA_RANGE = (math.log(0.01), math.log(100.0))
+# a warm start's gates start at their bounds; at the reference's floor a shut gate still samples
+# open in 4.7 % of the steps, at log 1e-4 in 0.05 % (fewer kept-shut units and lower loss, issue 16)
+WARM_START_LOG_ALPHA_RANGE = (math.log(1e-4), math.log(1e4))
 
 
 # log_alpha at which a gate is open (> 0) half the time

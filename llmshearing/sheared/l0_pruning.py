@@ -32,7 +32,7 @@ from llmshearing.composer.run_artifacts import RunArtifacts, as_run_artifacts
 from llmshearing.errors import ConfigError
 from llmshearing.plan import PLAN_FILE
 from llmshearing.shape import TargetShape
-from llmshearing.sheared.hard_concrete import DEFAULT_LOG_ALPHA_RANGE
+from llmshearing.sheared.hard_concrete import DEFAULT_LOG_ALPHA_RANGE, WARM_START_LOG_ALPHA_RANGE
 from llmshearing.sheared.l0_module import L0Module
 from llmshearing.sheared.warm_start import DEFAULT_CENTRE, DEFAULT_SPREAD, load_importance, warm_start
 
@@ -59,7 +59,7 @@ class L0Pruning(Algorithm):
         warm_start_spread: float = DEFAULT_SPREAD,
         warm_start_centre: Optional[float] = None,
         normalized_keep_scores: bool = True,
-        log_alpha_range: Tuple[float, float] = DEFAULT_LOG_ALPHA_RANGE,
+        log_alpha_range: Optional[Sequence[float]] = None,
         plan_folder: Union[str, RunArtifacts, None] = None,
     ):
         self.target = dict(target)
@@ -78,6 +78,8 @@ class L0Pruning(Algorithm):
         self.warm_start_spread = warm_start_spread
         self.warm_start_centre = DEFAULT_CENTRE if warm_start_centre is None else warm_start_centre
         self.normalized_keep_scores = normalized_keep_scores
+        if log_alpha_range is None:  # a cold start's gates must cross the range at the paper's rates: the reference's
+            log_alpha_range = WARM_START_LOG_ALPHA_RANGE if warm_start else DEFAULT_LOG_ALPHA_RANGE
         self.log_alpha_range = _checked_range(log_alpha_range)
         self.plan_folder = as_run_artifacts(plan_folder)
         self.last_details: dict = {}

@@ -9,8 +9,8 @@ row by Minitron's activation importance (``importance.json`` of ``llmshearing pr
 with q ∈ [0, 1] the unit's rank within its row (1 = most important) and keep the fraction of the row
 the target keeps, so the units a one-shot cut would keep start above the centre and the ones it would
 cut below; the deterministic masks at step 0 are then exactly the one-shot selection. The defaults
-(centre −1.6, where a gate is open half the time; spread 40) put all but the units ranked near the
-cut at the clamp's bounds: the masked model starts as the one-shot slice and its expected sizes at
+(centre −1.6, where a gate is open half the time; spread 160 in the warm start's log_alpha range
+±9.2) put all but the units ranked near the cut at the clamp's bounds: the masked model starts as the one-shot slice and its expected sizes at
 the target, and learning refines the selection near the cut. (The first measured warm start,
 centre = the initial log_alpha 4.6 and spread 4, left every cut unit open, and the target ramp from
 the whole source pulled them further open: docs/RESULTS.md, 2026-12-07.) Ranks, not the raw scores,
@@ -32,7 +32,7 @@ from llmshearing.minitron.selection import kv_group_scores
 from llmshearing.sheared.hard_concrete import HALF_OPEN_LOG_ALPHA
 from llmshearing.sheared.l0_module import L0Module
 
-DEFAULT_SPREAD = 40.0
+DEFAULT_SPREAD = 160.0  # sized for WARM_START_LOG_ALPHA_RANGE: ~30 % of the kept units ranked below its top
 DEFAULT_CENTRE = HALF_OPEN_LOG_ALPHA
 DEPTH_METRIC = "block_importance"
 
