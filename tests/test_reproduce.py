@@ -57,7 +57,8 @@ def test_every_row_at_a_tiny_budget(sample_corpus, tmp_path):
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert not results["failures"] and set(results["rows"]) == {
-        "sheared_dynamic", "sheared_static", "minitron_kd", "surgeon_cpt", "scratch", "source"}
+        "sheared_dynamic", "sheared_static", "sheared_kd_warm", "sheared_kd_warm_static", "minitron_kd", "surgeon_cpt",
+        "scratch", "source"}
     trained = {name: row for name, row in results["rows"].items() if name != "source"}
     assert {row["training_tokens"] for row in trained.values()} == {512}
     assert {row["shape"] for row in trained.values()} == {"64/2h/2kv/2L/64"}
