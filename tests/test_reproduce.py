@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -178,3 +179,22 @@ def test_an_in_process_stage_leaves_no_logging_handler_on_its_closed_log(tmp_pat
     assert "inside the stage" in log.read_text()
     assert "Logging error" not in capsys.readouterr().err
     assert logging.getLogger("stage_that_logs").handlers == []
+
+
+def test_seed_curves_put_each_seed_in_its_own_panel_with_the_final_perplexity(tmp_path):
+    seed_curves = load_benchmark_script("seed_curves")
+    specs = []
+    for seed, shift in (("17", 0.0), ("18", 0.3)):
+        for label, final in (("Minitron + KD", 4.7), ("Sheared", 4.8)):
+            path = tmp_path / f"{seed}_{label[:3]}.json"
+            path.write_text(json.dumps({"curve": [[0, {"all": 9.0 + shift}], [512, {"all": final + shift, "code": 1.0}]],
+                                        "eval": {"all": {"loss": final + shift}}}))
+            specs.append(f"{path}:{seed}:{label}")
+    panels = seed_curves.read_lines(specs)
+    assert list(panels) == ["17", "18"]
+    label, points, perplexity = panels["18"][1]
+    assert (label, points) == ("Sheared", [(0, 9.3), (512, pytest.approx(5.1))])
+    assert perplexity == pytest.approx(math.exp(5.1))
+    out = tmp_path / "curves.png"
+    assert seed_curves.main([*specs, "--out", str(out), "--ymax", "8"]) == 0
+    assert out.stat().st_size > 10_000
