@@ -1,12 +1,13 @@
 """The whole pipeline on CPU in minutes: prune SmolLM2-135M with L0 masks and dynamic batch loading,
 slice, export to HF, continue pre-training the pruned model (dynamic loading again), export that.
 
-    llmshearing demo [--out demo_out] [--warm-start] [--distil]      (also: make demo, python -m llmshearing.cli.demo)
+    llmshearing demo [--out demo_out] [--warm-start] [--distil]   (also: make demo, python -m llmshearing.cli.demo)
 
-It first builds the sample corpus. ``--warm-start`` starts the masks from Minitron's activation
-importance (one ``prune minitron`` calibration first) and ``--distil`` distils from the source in
-both stages: together, the learned method's best variant in the miniature reproduction (docs/RESULTS.md). Each step is the command a person would run by hand; the last
-line printed is the exported Hugging Face model directory.
+It first builds the sample corpus. Each step is the command a person would run by hand; the last
+line printed is the exported Hugging Face model directory. ``--warm-start`` starts the masks from
+Minitron's activation importance (one ``prune minitron`` calibration first) and ``--distil`` distils
+from the source in both stages: together, the learned method's best variant in the miniature
+reproduction (docs/RESULTS.md).
 """
 from __future__ import annotations
 
