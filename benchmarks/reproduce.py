@@ -129,7 +129,9 @@ class Settings:
 
     @property
     def target_arg(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in self.target.items())
+        from llmshearing.prune.cli import format_target
+
+        return format_target(self.target)
 
 
 # ---- running the project's commands ------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 from llmshearing.cli.command import command_parser, run_cli
 from llmshearing.config import load_config
 from llmshearing.errors import RunFailedError
+from llmshearing.prune.cli import format_target
 from llmshearing.recipes import RECIPES
 
 DEMO_YAML = RECIPES / "demo_smollm2_prune.yaml"
@@ -66,7 +67,7 @@ def demo(args: argparse.Namespace) -> None:
         overrides.append(f"max_duration={args.steps}ba")
     if args.warm_start:
         importance = out / "minitron"
-        target = ",".join(f"{k}={v}" for k, v in load_config(DEMO_YAML).pruning.target.items())
+        target = format_target(load_config(DEMO_YAML).pruning.target)
         run_step("Minitron's activation importance, to start the masks from (pruning.warm_start)",
                  [*llmshearing, "prune", "minitron", "--model", "smollm2", "--data", corpus, "--out", importance,
                   "--target", target, "--calib-samples", "64", "--seq-len", "128"])

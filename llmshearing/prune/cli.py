@@ -37,6 +37,11 @@ def parse_target(text: str) -> dict:
     return values
 
 
+def format_target(target: dict) -> str:
+    """The inverse of :func:`parse_target`: the ``--target`` text of a target mapping."""
+    return ",".join(f"{k}={v}" for k, v in target.items())
+
+
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """What every method reads and writes."""
     parser.add_argument("--model", required=True, help="source: HF dir, .gguf file, Composer checkpoint or 'smollm2'")
